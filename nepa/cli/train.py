@@ -1,0 +1,50 @@
+"""``nepa train MODULE_OR_FILE:FUNCTION [--set key=value ...] [--out DIR] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("nepa")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="pretrain from a recipe", description=__doc__)
+    p.add_argument("recipe", help="MODULE_OR_FILE:FUNCTION returning a nepa.RunConfig, e.g. recipes/cifar10.py:small")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set optim.lr=3e-4")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<name>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint in --out")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nepa.config import ConfigError, load_recipe
+    from nepa.train.checkpoint import CheckpointError
+    from nepa.train.trainer import NonFiniteLossError, train
+
+    try:
+        cfg, canonical = load_recipe(args.recipe, args.overrides)
+    except ConfigError as e:
+        print(f"nepa train: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        return 0
+    if args.resume and args.out is None:
+        print("nepa train: --resume needs --out DIR (the run to continue)", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        result = train(cfg, out, recipe=canonical, resume=args.resume, progress=not args.no_progress)
+    except (CheckpointError, NonFiniteLossError) as e:
+        print(f"nepa train: {e}", file=sys.stderr)
+        return 1
+    log.info("finished at step %d (%s); run directory: %s", result.step, result.stopped_by, out)
+    return 0

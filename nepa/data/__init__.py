@@ -1,0 +1,6 @@
+"""Data sources: config -> dataset of (input tensor, label). Importing registers the built-ins."""
+
+from nepa.data import images  # noqa: F401  (registration)
+from nepa.data.base import DATASETS, DataConfig, build_dataset
+
+__all__ = ["DATASETS", "DataConfig", "build_dataset"]

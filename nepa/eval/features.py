@@ -1,0 +1,58 @@
+"""Frozen features from any objective: choose a layer, an attention mode and a pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from nepa.objectives.base import Objective
+from nepa.tokens import Tokens
+
+
+def pool_tokens(h_BTD: torch.Tensor, tok: Tokens, pool: str) -> torch.Tensor:
+    """(B, T, D) token outputs -> (B, F) features.
+
+    mean:  average over tokens (throws the layout away).
+    last:  the last token in scan order (under causal attention the only one that saw all).
+    gridK: average tokens within each of K^A cells of their grid (coords binned per axis), then
+           concatenate: keeps a coarse layout for any number of grid axes.
+    """
+    if pool == "mean":
+        return h_BTD.mean(1)
+    if pool == "last":
+        return h_BTD[:, -1]
+    if pool.startswith("grid"):
+        k = int(pool[4:])
+        grid = torch.tensor(tok.grid, device=tok.coords.device)
+        bins = (tok.coords * torch.clamp(grid, max=k) // grid)  # (T, A), each < min(k, size)
+        cell = torch.zeros(bins.shape[0], dtype=torch.long, device=bins.device)
+        for a in range(bins.shape[1]):
+            cell = cell * k + bins[:, a]
+        onehot = torch.nn.functional.one_hot(cell, k ** bins.shape[1]).to(h_BTD.dtype)  # (T, C)
+        summed = torch.einsum("btd,tc->bcd", h_BTD, onehot)
+        counts = onehot.sum(0).clamp_min(1)[None, :, None]
+        return (summed / counts).flatten(1)
+    raise ValueError(f"unknown pool {pool!r}; valid: mean, last, grid2, grid4")
+
+
+@torch.no_grad()
+def extract(objective: Objective, dataset: Dataset, *, layers: list[int], pools: list[str], attn: str,
+            device: torch.device, batch_size: int = 256, limit: int | None = None,
+            bf16: bool = False) -> dict[tuple[int, str], torch.Tensor]:
+    """Features for every (layer, pool) in one pass over ``dataset`` (eval transform)."""
+    objective.eval()
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    out: dict[tuple[int, str], list[torch.Tensor]] = {(l, p): [] for l in layers for p in pools}
+    for x, _ in DataLoader(dataset, batch_size=batch_size):
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            hs, tok = objective.features(x.to(device), layers=layers, mask_mode=attn)
+        for layer, h in zip(layers, hs, strict=True):
+            for p in pools:
+                out[(layer, p)].append(pool_tokens(h.float(), tok, p).cpu())
+    return {key: torch.cat(v) for key, v in out.items()}
+
+
+def labels_of(dataset: Dataset, limit: int | None) -> torch.Tensor:
+    y = dataset.labels
+    return y[:limit] if limit is not None else y

@@ -1,0 +1,59 @@
+"""Predictor config (one transformer for every modality)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from nepa.schema import Config
+
+
+class PredictorConfig(Config):
+    """The causal transformer predictor.
+
+    mask: ``causal`` is NEPA; ``bidirectional`` is the paper's ablation (expected to degrade);
+    ``prefix`` lets the start token plus the first ``prefix_len`` tokens see each other.
+    """
+
+    dim: int = 192
+    depth: int = 6
+    heads: int = 3
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    mlp_ratio: float = 4.0
+    qk_norm: bool = True
+    layerscale: float | None = 1e-5
+    rope: bool = True
+    rope_theta: float = 100.0
+    rope_rescale: tuple[float, float] | None = None
+    drop_path: float = 0.0
+    mask: Literal["causal", "bidirectional", "prefix"] = "causal"
+    prefix_len: int = 0
+    attn_backend: Literal["auto", "xformers", "sdpa"] = "auto"
+    qkv_bias: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> PredictorConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        if (self.dim // self.heads) % 2:
+            raise ValueError(f"head dim {self.dim // self.heads} must be even (dim / heads)")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError("drop_path must be in [0, 1)")
+        if self.mask == "prefix" and self.prefix_len <= 0:
+            raise ValueError("mask='prefix' needs prefix_len > 0 (tokens after the start token)")
+        if self.mask != "prefix" and self.prefix_len:
+            raise ValueError("prefix_len is only used with mask='prefix'; set it to 0")
+        if self.rope_rescale is not None and not 0 < self.rope_rescale[0] <= self.rope_rescale[1]:
+            raise ValueError("rope_rescale must be (lo, hi) with 0 < lo <= hi, or null")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """MLP width; SwiGLU uses 2/3 of it per branch so both MLPs cost the same."""
+        h = int(self.dim * self.mlp_ratio)
+        return int(2 * h / 3) if self.mlp == "swiglu" else h

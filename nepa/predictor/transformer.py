@@ -1,0 +1,166 @@
+"""The predictor: one pre-norm transformer over any modality's tokens.
+
+Input is the encoder's ``(B, T, D)`` embeddings plus their grid coordinates; a learned start
+token is put in front, so the output is ``(B, T + 1, D)`` after the final norm. Position enters
+only through N-D RoPE on q/k.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nepa.predictor.attention import MaskSpec, ResolvedBackend, attention, resolve_backend
+from nepa.predictor.config import PredictorConfig
+from nepa.predictor.rope import RotaryND, apply_rotary, normalized_coords
+
+log = logging.getLogger(__name__)
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: PredictorConfig) -> None:
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.qkv_bias)
+        self.q_norm = nn.LayerNorm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.backend = "sdpa"  # set by Predictor.set_backend
+
+    def forward(self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                mask: MaskSpec) -> torch.Tensor:
+        B, T, D = x_BTD.shape
+        q, k, v = self.qkv(x_BTD).view(B, T, 3, self.heads, self.head_dim).unbind(2)  # (B,T,H,Dh)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        out = attention(q, k, v, mask, self.backend)
+        return self.proj(out.reshape(B, T, D))
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: PredictorConfig) -> None:
+        super().__init__()
+        self.gated = cfg.mlp == "swiglu"
+        hidden = cfg.hidden_dim
+        self.fc1 = nn.Linear(cfg.dim, 2 * hidden if self.gated else hidden)
+        self.fc2 = nn.Linear(hidden, cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        if self.gated:
+            a, g = h.chunk(2, dim=-1)
+            h = F.silu(g) * a
+        else:
+            h = F.gelu(h)
+        return self.fc2(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: PredictorConfig, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.mlp = Mlp(cfg)
+        ls = (lambda: LayerScale(cfg.dim, cfg.layerscale)) if cfg.layerscale else nn.Identity
+        self.ls1, self.ls2 = ls(), ls()
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x, rope, mask: MaskSpec) -> torch.Tensor:
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope, mask)))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+
+class Predictor(nn.Module):
+    """Causal (or bidirectional / prefix) transformer with a learned start token.
+
+    forward(emb (B,T,D), coords (T,A), grid, keep (B,T) | None) -> (B, T+1, D), final-normed.
+    """
+
+    def __init__(self, cfg: PredictorConfig, n_axes: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.start_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        dpr = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(Block(cfg, p) for p in dpr)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.rope = RotaryND(cfg.head_dim, n_axes, cfg.rope_theta, cfg.rope_rescale) if cfg.rope else None
+        self.resolved: ResolvedBackend = ResolvedBackend("sdpa", "default before set_backend")
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.start_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"start_token"}
+
+    def set_backend(self, device: torch.device) -> ResolvedBackend:
+        """Resolve the attention backend once for ``device`` and log why."""
+        self.resolved = resolve_backend(self.cfg.attn_backend, device)
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.backend = self.resolved.name
+        log.info("attention backend: %s (%s)", self.resolved.name, self.resolved.reason)
+        return self.resolved
+
+    def mask_spec(self, keep_BT: torch.Tensor | None, mode: str | None = None) -> MaskSpec:
+        if keep_BT is not None:  # the start token is always real
+            keep_BT = F.pad(keep_BT, (1, 0), value=True)
+        return MaskSpec(mode or self.cfg.mask, 1 + self.cfg.prefix_len, keep_BT)
+
+    def rope_tables(self, coords_TA: torch.Tensor, grid: tuple[int, ...]):
+        if self.rope is None:
+            return None
+        cos, sin = self.rope.tables(normalized_coords(coords_TA, grid))  # (T, 1, Dh)
+        # The start token gets angle 0 (an identity rotation).
+        cos = F.pad(cos, (0, 0, 0, 0, 1, 0), value=1.0)
+        sin = F.pad(sin, (0, 0, 0, 0, 1, 0), value=0.0)
+        return cos, sin
+
+    def forward(self, emb_BTD: torch.Tensor, coords_TA: torch.Tensor, grid: tuple[int, ...],
+                keep_BT: torch.Tensor | None = None, mask_mode: str | None = None,
+                return_layers: list[int] | None = None):
+        """Returns (B, T+1, D) final-normed outputs, or with ``return_layers`` a list of the
+        final-normed outputs after each requested block (1-based; ``depth`` = the last)."""
+        x = torch.cat([self.start_token.expand(emb_BTD.shape[0], -1, -1).to(emb_BTD.dtype), emb_BTD], dim=1)
+        rope = self.rope_tables(coords_TA, grid)
+        mask = self.mask_spec(keep_BT, mask_mode)
+        wanted = set(return_layers or [])
+        outs = {}
+        for i, blk in enumerate(self.blocks, start=1):
+            x = blk(x, rope, mask)
+            if i in wanted:
+                outs[i] = self.norm(x)
+        if return_layers is not None:
+            return [outs[i] for i in return_layers]
+        return self.norm(x)

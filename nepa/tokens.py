@@ -1,0 +1,37 @@
+"""The contract between encoders and the predictor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Tokens:
+    """What every encoder returns, whatever the modality.
+
+    emb:    (B, T, D) float embeddings, already in scan order. No position information.
+    coords: (T, A) long, the integer grid coordinates of each token (A grid axes), in the same
+            order as ``emb``; the predictor normalises them by ``grid`` for RoPE.
+    grid:   the grid shape (A ints): coords[:, a] lies in [0, grid[a]).
+    mask:   optional (B, T) bool, True where a token is real (False = padding).
+    """
+
+    emb: torch.Tensor
+    coords: torch.Tensor
+    grid: tuple[int, ...]
+    mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        B, T, _ = self.emb.shape
+        if self.coords.shape != (T, len(self.grid)):
+            raise ValueError(
+                f"coords must be (T={T}, A={len(self.grid)}), got {tuple(self.coords.shape)}"
+            )
+        if self.mask is not None and self.mask.shape != (B, T):
+            raise ValueError(f"mask must be (B={B}, T={T}), got {tuple(self.mask.shape)}")
+
+    @property
+    def n_axes(self) -> int:
+        return len(self.grid)

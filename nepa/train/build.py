@@ -1,0 +1,51 @@
+"""Named builders: config -> modules. Shared by training, evaluation and benchmarks."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from nepa.config import RunConfig
+from nepa.encoders.base import build_encoder
+from nepa.objectives.base import OBJECTIVES, Objective
+from nepa.predictor.attention import ResolvedBackend
+from nepa.predictor.transformer import Predictor
+
+log = logging.getLogger(__name__)
+
+
+def build_objective(cfg: RunConfig) -> Objective:
+    """Encoder -> predictor -> objective, on the CPU, with seeded initialisation."""
+    torch.manual_seed(cfg.seed)
+    encoder = build_encoder(cfg.encoder, dim=cfg.predictor.dim, sample_shape=cfg.data.sample_shape)
+    predictor = Predictor(cfg.predictor, n_axes=encoder.n_axes)
+    return OBJECTIVES.get(cfg.objective.kind)(cfg.objective, encoder=encoder, predictor=predictor)
+
+
+def place(objective: Objective, device: torch.device) -> ResolvedBackend:
+    """Move to ``device`` and resolve every predictor's attention backend for it, once."""
+    objective.to(device)
+    resolved = ResolvedBackend("sdpa", "no predictor")
+    for m in objective.modules():
+        if isinstance(m, Predictor):
+            resolved = m.set_backend(device)
+    return resolved
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[bool, str]:
+    """-> (use bf16 autocast, reason). Resolved once per run and logged."""
+    native_cpu_bf16 = device.type == "cpu" and torch.backends.mkldnn.is_available() and bool(
+        getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    )
+    if requested == "fp32":
+        return False, "requested"
+    if requested == "bf16":
+        if device.type == "cpu" and not native_cpu_bf16:
+            log.warning("bf16 requested on a CPU without native bf16 matmul: expect it to be much slower than fp32")
+        return True, "requested"
+    if device.type == "cuda":
+        return True, "auto: CUDA"
+    if native_cpu_bf16:
+        return True, "auto: CPU with native bf16"
+    return False, "auto: this CPU has no native bf16 matmul (bf16 would be far slower than fp32)"

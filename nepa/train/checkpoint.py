@@ -1,0 +1,95 @@
+"""Atomic checkpoints (write, fsync, rename) and a loader that never fails silently.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: only tensors and plain containers,
+never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+CKPT_RE = re.compile(r"step_(\d+)\.pt$")
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(_tuples(state["python"]))
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write ``step_XXXXXXXX.pt`` atomically, then prune all but the newest ``keep``."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step_{step:08d}.pt"
+    tmp = ckpt_dir / f".{final.name}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)  # atomic on POSIX: a reader sees the old file or the whole new one
+    for old in list_checkpoints(ckpt_dir)[:-keep]:
+        old.unlink()
+    return final
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if CKPT_RE.search(p.name)]
+    return sorted(found, key=lambda p: int(CKPT_RE.search(p.name).group(1)))
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path:
+    found = list_checkpoints(ckpt_dir)
+    if not found:
+        raise CheckpointError(
+            f"no checkpoint to resume from in {ckpt_dir} (expected files like step_00000100.pt); "
+            "refusing to start a fresh run silently: drop --resume to start over"
+        )
+    return found[-1]
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/corrupt zips
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or not a nepa checkpoint ({type(e).__name__}: {e}). "
+            "Older checkpoints in the same folder are left untouched; delete this file to resume "
+            "from the previous one."
+        ) from e
+    missing = {"model", "optimizer", "step", "rng", "config"} - set(state)
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: not a nepa training checkpoint")
+    return state

@@ -1,0 +1,225 @@
+"""The training loop: batch -> objective -> loss -> backward (accumulated) -> clip -> step.
+
+Everything else (building, checkpoints, distribution, logging) is delegated to named helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from nepa.config import RunConfig
+from nepa.data.base import build_dataset
+from nepa.data.sampler import StepBatchSampler
+from nepa.train.build import build_objective, place, resolve_precision
+from nepa.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from nepa.train.distributed import DistEnv, all_reduce, barrier, init_distributed, no_sync, wrap_model
+from nepa.train.optim import build_optimizer, lr_at
+from nepa.train.rundir import RunDir, export_weights
+
+log = logging.getLogger(__name__)
+
+# Keys that may differ between a checkpoint's config and the resuming run's config.
+RESUME_MAY_DIFFER = {"train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.num_workers", "train.device"}
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)  # one per optimizer step, this process
+    run_dir: Path | None = None
+    stopped_by: str = "completed"
+
+
+def train(cfg: RunConfig, out: Path, *, recipe: str | None = None, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    env = init_distributed(cfg.train.device)
+    return Trainer(cfg, Path(out), env, recipe).run(resume, progress)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, out: Path, env: DistEnv, recipe: str | None) -> None:
+        self.cfg, self.env, self.recipe = cfg, env, recipe
+        self.run_dir = RunDir(out)
+        self.objective = build_objective(cfg)
+        self.backend = place(self.objective, env.device)
+        self.bf16, self.precision_reason = resolve_precision(cfg.train.precision, env.device)
+        log.info("precision: %s (%s)", "bf16 autocast" if self.bf16 else "fp32", self.precision_reason)
+        self.model = wrap_model(self.objective, env)
+        self.optimizer = build_optimizer(self.objective, cfg.optim)
+        self.dataset = build_dataset(cfg.data, split="train", train=True)
+        self.step = 0
+        self._stop_requested = False
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "micro_done": self.step * self.cfg.train.accum,
+            "rng": rng_state(),
+            "config": self.cfg.model_dump(mode="json"),
+            "world_size": self.env.world,
+        }
+
+    def restore(self) -> None:
+        path = latest_checkpoint(self.run_dir.ckpt_dir)
+        state = load_checkpoint(path)
+        ours = _flat(json.loads(json.dumps(self.cfg.model_dump(mode="json"))))
+        theirs = _flat(state["config"])
+        diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k) and k not in RESUME_MAY_DIFFER)
+        if diff:
+            raise CheckpointError(
+                f"config differs from the checkpoint's at {', '.join(diff)}; resume with the same "
+                f"config (see {self.run_dir.path / 'config.json'}) or start a new --out"
+            )
+        self.objective.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def save(self) -> None:
+        if self.env.is_main:
+            path = save_checkpoint(self.run_dir.ckpt_dir, self.step, self.state(), self.cfg.train.keep_ckpts)
+            log.info("checkpoint: %s", path)
+        barrier()
+
+    # -- loop --------------------------------------------------------------------------------
+    def loader(self) -> DataLoader:
+        t = self.cfg.train
+        sampler = StepBatchSampler(
+            len(self.dataset), t.batch_size, t.accum, self.env.rank, self.env.world,
+            self.cfg.seed, start_micro=self.step * t.accum,
+        )
+        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=t.num_workers,
+                          pin_memory=self.env.device.type == "cuda", persistent_workers=t.num_workers > 0)
+
+    def run(self, resume: bool, progress: bool = True) -> TrainResult:
+        torch.use_deterministic_algorithms(self.cfg.train.deterministic, warn_only=True)
+        if resume:
+            self.restore()
+        elif list_checkpoints(self.run_dir.ckpt_dir):
+            raise CheckpointError(f"{self.run_dir.path} already holds checkpoints: pass --resume, or choose another --out")
+        if self.env.is_main:
+            self.run_dir.write_start(self.cfg.model_dump(mode="json"), self.meta())
+        old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            return self._loop(progress)
+        finally:
+            signal.signal(signal.SIGTERM, old_handler)
+            self.run_dir.close()
+
+    def meta(self) -> dict:
+        return {"recipe": self.recipe, "attention_backend": self.backend.name, "attention_reason": self.backend.reason,
+                "world_size": self.env.world, "device": str(self.env.device),
+                "precision": "bf16" if self.bf16 else "fp32", "precision_reason": self.precision_reason}
+
+    def _on_sigterm(self, signum, frame) -> None:
+        log.warning("SIGTERM: will save a checkpoint after this step and exit")
+        self._stop_requested = True
+
+    def _loop(self, progress: bool) -> TrainResult:
+        t, total = self.cfg.train, self.cfg.train.steps
+        result = TrainResult(step=self.step, run_dir=self.run_dir.path)
+        batches = iter(self.loader())
+        bar = tqdm(total=total, initial=self.step, disable=not (progress and self.env.is_main), dynamic_ncols=True)
+        tick, samples, tokens = time.perf_counter(), 0, 0.0
+        while self.step < total:
+            lr = lr_at(self.step, self.cfg.optim, total)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, n, ntok = self._accumulate(batches)
+            stop = float(self._stop_requested)
+            loss_all, stop_all = all_reduce(torch.stack([loss, torch.tensor(stop, device=loss.device)]).float()).tolist()
+            if not torch.isfinite(torch.tensor(loss_all)):
+                raise NonFiniteLossError(
+                    f"loss is {loss_all} at step {self.step + 1}; stopping without saving, the last good "
+                    f"checkpoint in {self.run_dir.ckpt_dir} is intact"
+                )
+            grad_norm = self._optimizer_step()
+            self.step += 1
+            result.losses.append(loss_all)
+            samples += n * self.env.world
+            tokens += ntok * self.env.world
+            if self.step % t.log_every == 0 or self.step == total:
+                dt = time.perf_counter() - tick
+                record = {"step": self.step, "loss": loss_all, "lr": lr, "grad_norm": grad_norm,
+                          "samples_per_s": samples / dt, "tokens_per_s": tokens / dt}
+                if self.env.is_main:
+                    self.run_dir.log(record)
+                bar.set_postfix(loss=f"{loss_all:.4f}", tok_s=f"{tokens / dt:,.0f}", smp_s=f"{samples / dt:,.0f}")
+                tick, samples, tokens = time.perf_counter(), 0, 0.0
+            stats = self._monitor()
+            if stats and self.env.is_main:
+                self.run_dir.log({"step": self.step, **stats})
+            bar.update(1)
+            if self.step % t.ckpt_every == 0 or self.step == total or stop_all > 0:
+                self.save()
+            if stop_all > 0:
+                result.stopped_by = "sigterm"
+                break
+        bar.close()
+        result.step = self.step
+        if result.stopped_by == "completed" and self.env.is_main:
+            export_weights(self.objective, self.run_dir.path)
+        return result
+
+    def _accumulate(self, batches) -> tuple[torch.Tensor, int, float]:
+        """Forward/backward over ``accum`` micro-batches; returns (mean loss, samples, tokens)."""
+        accum, dev = self.cfg.train.accum, self.env.device
+        bf16 = self.bf16
+        total, n, ntok = torch.zeros((), device=dev), 0, 0.0
+        for micro in range(accum):
+            x, _ = next(batches)
+            x = x.to(dev, non_blocking=True)
+            with no_sync(self.model, micro < accum - 1), torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+                loss, metrics = self.model(x)
+                (loss / accum).backward()
+            total += loss.detach().float()
+            n += len(x)
+            ntok += float(metrics.get("tokens", 0))
+        return total / accum, n, ntok
+
+    def _optimizer_step(self) -> float:
+        clip = self.cfg.optim.clip_grad
+        params = [p for p in self.objective.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+        if not torch.isfinite(norm):
+            raise NonFiniteLossError(f"gradient norm is {norm.item()} at step {self.step + 1}; stopping without saving")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def _monitor(self) -> dict:
+        fn = getattr(self.objective, "monitor", None)
+        stats = fn(self.step) if fn is not None else {}
+        return {f"collapse/{k}": v for k, v in stats.items()}

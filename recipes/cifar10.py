@@ -1,0 +1,50 @@
+"""CIFAR-10 recipes (32x32). Data: ``${NEPA_DATA_DIR}/cifar10-png.tar.gz`` (ImageFolder layout).
+
+    nepa train recipes/cifar10.py:tiny --set train.steps=2000
+"""
+
+from nepa import RunConfig
+from nepa.data.images import ImageFolderConfig
+from nepa.encoders.image import ImageEncoderConfig
+from nepa.objectives.nepa import NepaConfig
+from nepa.predictor.config import PredictorConfig
+from nepa.config import EvalConfig, OptimConfig, TrainConfig
+
+CIFAR10 = ImageFolderConfig(
+    root="${NEPA_DATA_DIR}/cifar10-png.tar.gz",
+    image_size=32,
+    channels=3,
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+)
+
+
+def tiny() -> RunConfig:
+    """ViT-Tiny-like predictor (dim 192, depth 6, 3 heads) at patch 4: 64 tokens per image."""
+    return RunConfig(
+        name="cifar10-tiny",
+        data=CIFAR10,
+        encoder=ImageEncoderConfig(patch_size=4, scan="raster"),
+        predictor=PredictorConfig(dim=192, depth=6, heads=3),
+        objective=NepaConfig(),
+        optim=OptimConfig(lr=1.5e-3, warmup=0.05),
+        train=TrainConfig(steps=2000, batch_size=128, ),
+        eval=EvalConfig(max_train=10000, max_test=2000),
+    )
+
+
+def small() -> RunConfig:
+    """ViT-S-sized predictor (dim 384, depth 12, 6 heads), for a GPU."""
+    cfg = tiny()
+    return cfg.model_validate(
+        {**cfg.model_dump(), "name": "cifar10-small",
+         "predictor": PredictorConfig(dim=384, depth=12, heads=6).model_dump(),
+         "train": TrainConfig(steps=20000, batch_size=512, ).model_dump()}
+    )
+
+
+def hilbert() -> RunConfig:
+    """The tiny recipe reading patches along a generalized Hilbert curve."""
+    cfg = tiny()
+    return cfg.model_validate({**cfg.model_dump(), "name": "cifar10-tiny-hilbert",
+                               "encoder": {**cfg.encoder.model_dump(), "scan": "hilbert"}})
