@@ -36,7 +36,9 @@ class OptimConfig(Config):
     weight_decay: float = Field(0.05, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
-    warmup: float = Field(0.025, ge=0, description="warm-up length: a fraction of steps (<1) or a step count (>=1)")
+    warmup: float = Field(
+        0.025, ge=0, description="warm-up length: a fraction of steps (<1) or a step count (>=1)"
+    )
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     clip_grad: float | None = Field(1.0, description="max global grad norm; null disables")
 
@@ -46,7 +48,8 @@ class TrainConfig(Config):
     batch_size: int = Field(128, gt=0, description="global batch per optimizer step")
     accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPUs (most lack fast bf16 matmul)")
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPUs (most lack fast bf16 matmul)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(10, gt=0)
@@ -83,7 +86,9 @@ class RunConfig(Config):
     def _compatible(self) -> RunConfig:
         self.encoder.check_input(self.data.sample_shape)
         if self.train.batch_size % self.train.accum:
-            raise ValueError(f"train.batch_size={self.train.batch_size} must be divisible by train.accum={self.train.accum}")
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size} must be divisible by train.accum={self.train.accum}"
+            )
         return self
 
     def fingerprint(self) -> str:
@@ -122,7 +127,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             if not isinstance(node, dict) or part not in node:
                 where = ".".join(parts[:depth]) or "the top level"
                 valid = ", ".join(node) if isinstance(node, dict) else "(not a section)"
-                raise ConfigError(f"unknown config key {key!r}: {part!r} is not in {where}; valid keys: {valid}")
+                raise ConfigError(
+                    f"unknown config key {key!r}: {part!r} is not in {where}; valid keys: {valid}"
+                )
             if depth == len(parts) - 1:
                 node[part] = parse_value(raw.strip())
             else:
@@ -149,7 +156,9 @@ def resolve_recipe(spec: str) -> tuple[Any, str, str]:
     """'recipes/cifar10.py:small' or 'recipes.cifar10:small' -> (module, function name, canonical spec)."""
     target, sep, func = spec.rpartition(":")
     if not sep or not target or not func:
-        raise ConfigError(f"recipe {spec!r} must be MODULE_OR_FILE:FUNCTION, e.g. recipes/cifar10.py:small")
+        raise ConfigError(
+            f"recipe {spec!r} must be MODULE_OR_FILE:FUNCTION, e.g. recipes/cifar10.py:small"
+        )
     if target.endswith(".py") or Path(target).exists():
         module = import_file(target)
         canonical = f"{Path(target).resolve()}:{func}"
@@ -160,8 +169,16 @@ def resolve_recipe(spec: str) -> tuple[Any, str, str]:
             raise ConfigError(f"cannot import recipe module {target!r}: {e}") from None
         canonical = spec
     if not callable(getattr(module, func, None)):
-        public = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__]
-        raise ConfigError(f"{target} has no recipe function {func!r}; functions there: {', '.join(public)}")
+        public = [
+            n
+            for n, v in vars(module).items()
+            if callable(v)
+            and not n.startswith("_")
+            and getattr(v, "__module__", None) == module.__name__
+        ]
+        raise ConfigError(
+            f"{target} has no recipe function {func!r}; functions there: {', '.join(public)}"
+        )
     return module, func, canonical
 
 

@@ -30,9 +30,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._configs: dict[str, type[BaseModel]] = {}
 
-    def register(
-        self, name: str, config: type[BaseModel] | None = None
-    ) -> Callable[[T], T]:
+    def register(self, name: str, config: type[BaseModel] | None = None) -> Callable[[T], T]:
         """Decorator: ``@ENCODERS.register("image", config=ImageEncoderConfig)``."""
 
         def deco(obj: T) -> T:
@@ -67,7 +65,9 @@ class Registry(Generic[T]):
         try:
             return self._configs[name]
         except KeyError:
-            raise RegistryError(f"{self.what} {name!r} was registered without a config class") from None
+            raise RegistryError(
+                f"{self.what} {name!r} was registered without a config class"
+            ) from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -1,14 +1,14 @@
 """CIFAR-10 recipes (32x32). Data: ``${NEPA_DATA_DIR}/cifar10-png.tar.gz`` (ImageFolder layout).
 
-    nepa train recipes/cifar10.py:tiny --set train.steps=2000
+nepa train recipes/cifar10.py:tiny --set train.steps=2000
 """
 
 from nepa import RunConfig
+from nepa.config import EvalConfig, OptimConfig, TrainConfig
 from nepa.data.images import ImageFolderConfig
 from nepa.encoders.image import ImageEncoderConfig
 from nepa.objectives.nepa import NepaConfig
 from nepa.predictor.config import PredictorConfig
-from nepa.config import EvalConfig, OptimConfig, TrainConfig
 
 CIFAR10 = ImageFolderConfig(
     root="${NEPA_DATA_DIR}/cifar10-png.tar.gz",
@@ -28,7 +28,10 @@ def tiny() -> RunConfig:
         predictor=PredictorConfig(dim=192, depth=6, heads=3),
         objective=NepaConfig(),
         optim=OptimConfig(lr=1.5e-3, warmup=0.05),
-        train=TrainConfig(steps=2000, batch_size=128, ),
+        train=TrainConfig(
+            steps=2000,
+            batch_size=128,
+        ),
         eval=EvalConfig(max_train=10000, max_test=2000),
     )
 
@@ -37,14 +40,25 @@ def small() -> RunConfig:
     """ViT-S-sized predictor (dim 384, depth 12, 6 heads), for a GPU."""
     cfg = tiny()
     return cfg.model_validate(
-        {**cfg.model_dump(), "name": "cifar10-small",
-         "predictor": PredictorConfig(dim=384, depth=12, heads=6).model_dump(),
-         "train": TrainConfig(steps=20000, batch_size=512, ).model_dump()}
+        {
+            **cfg.model_dump(),
+            "name": "cifar10-small",
+            "predictor": PredictorConfig(dim=384, depth=12, heads=6).model_dump(),
+            "train": TrainConfig(
+                steps=20000,
+                batch_size=512,
+            ).model_dump(),
+        }
     )
 
 
 def hilbert() -> RunConfig:
     """The tiny recipe reading patches along a generalized Hilbert curve."""
     cfg = tiny()
-    return cfg.model_validate({**cfg.model_dump(), "name": "cifar10-tiny-hilbert",
-                               "encoder": {**cfg.encoder.model_dump(), "scan": "hilbert"}})
+    return cfg.model_validate(
+        {
+            **cfg.model_dump(),
+            "name": "cifar10-tiny-hilbert",
+            "encoder": {**cfg.encoder.model_dump(), "scan": "hilbert"},
+        }
+    )

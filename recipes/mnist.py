@@ -1,6 +1,6 @@
 """MNIST recipes (28x28 grayscale). Data: ``${NEPA_DATA_DIR}/mnist.npz``.
 
-    nepa train recipes/mnist.py:tiny
+nepa train recipes/mnist.py:tiny
 """
 
 from nepa import RunConfig
@@ -22,6 +22,9 @@ def tiny() -> RunConfig:
         predictor=PredictorConfig(dim=128, depth=4, heads=4),
         objective=NepaConfig(),
         optim=OptimConfig(lr=1.5e-3, warmup=0.05),
-        train=TrainConfig(steps=1000, batch_size=128, ),
+        train=TrainConfig(
+            steps=1000,
+            batch_size=128,
+        ),
         eval=EvalConfig(max_train=10000, max_test=2000),
     )

@@ -11,16 +11,39 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a run's frozen features")
     evsub = p.add_subparsers(dest="eval_command", required=True)
-    k = evsub.add_parser("knn", help="k-NN classification (k=20, cosine, temperature-weighted votes)")
+    k = evsub.add_parser(
+        "knn", help="k-NN classification (k=20, cosine, temperature-weighted votes)"
+    )
     k.add_argument("run_dir", type=Path)
-    k.add_argument("--data", default=None, metavar="MODULE_OR_FILE:FUNCTION",
-                   help="take the data config from this recipe instead of the run's")
-    k.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override eval.* or data.* keys, e.g. --set eval.layer=2 --set eval.pool=grid2")
-    k.add_argument("--random-init", action="store_true", help="the same architecture at its seeded random init")
-    k.add_argument("--sweep", action="store_true", help="every layer x {mean, last, grid2} x {causal, bidirectional}")
+    k.add_argument(
+        "--data",
+        default=None,
+        metavar="MODULE_OR_FILE:FUNCTION",
+        help="take the data config from this recipe instead of the run's",
+    )
+    k.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override eval.* or data.* keys, e.g. --set eval.layer=2 --set eval.pool=grid2",
+    )
+    k.add_argument(
+        "--random-init", action="store_true", help="the same architecture at its seeded random init"
+    )
+    k.add_argument(
+        "--sweep",
+        action="store_true",
+        help="every layer x {mean, last, grid2, grid4} x {causal, bidirectional}",
+    )
     k.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    k.add_argument("--json", type=Path, default=None, help="write the result (a list with --sweep) to this file")
+    k.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write the result (a list with --sweep) to this file",
+    )
     k.set_defaults(func=run_knn)
 
 
@@ -38,7 +61,9 @@ def run_knn(args: argparse.Namespace) -> int:
             cfg = cfg.model_copy(update={"data": data_cfg.data})
         bad = [o for o in args.overrides if not o.startswith(("eval.", "data."))]
         if bad:
-            raise ConfigError(f"only eval.* and data.* keys can be overridden at evaluation, got {bad}")
+            raise ConfigError(
+                f"only eval.* and data.* keys can be overridden at evaluation, got {bad}"
+            )
         cfg = apply_overrides(cfg, args.overrides)
     except (ConfigError, FileNotFoundError) as e:
         print(f"nepa eval: {e}", file=sys.stderr)
@@ -46,8 +71,14 @@ def run_knn(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.sweep:
         depth = cfg.predictor.depth
-        results = knn_eval(cfg, objective, device, layers=list(range(1, depth + 1)),
-                           pools=["mean", "last", "grid2"], attns=["causal", "bidirectional"])
+        results = knn_eval(
+            cfg,
+            objective,
+            device,
+            layers=list(range(1, depth + 1)),
+            pools=["mean", "last", "grid2", "grid4"],
+            attns=["causal", "bidirectional"],
+        )
     else:
         results = knn_eval(cfg, objective, device)
     for r in results:

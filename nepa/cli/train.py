@@ -14,11 +14,24 @@ log = logging.getLogger("nepa")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="pretrain from a recipe", description=__doc__)
-    p.add_argument("recipe", help="MODULE_OR_FILE:FUNCTION returning a nepa.RunConfig, e.g. recipes/cifar10.py:small")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (repeatable), e.g. --set optim.lr=3e-4")
-    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<name>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint in --out")
+    p.add_argument(
+        "recipe",
+        help="MODULE_OR_FILE:FUNCTION returning a nepa.RunConfig, e.g. recipes/cifar10.py:small",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable), e.g. --set optim.lr=3e-4",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="run directory (default: runs/<name>-<time>)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue exactly from the latest checkpoint in --out"
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -42,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = args.out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        result = train(cfg, out, recipe=canonical, resume=args.resume, progress=not args.no_progress)
+        result = train(
+            cfg, out, recipe=canonical, resume=args.resume, progress=not args.no_progress
+        )
     except (CheckpointError, NonFiniteLossError) as e:
         print(f"nepa train: {e}", file=sys.stderr)
         return 1

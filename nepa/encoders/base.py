@@ -40,6 +40,8 @@ def build_encoder(cfg: EncoderConfig, *, dim: int, sample_shape: tuple[int, ...]
     return ENCODERS.get(cfg.kind)(cfg, dim=dim, sample_shape=sample_shape)
 
 
-def order_tokens(emb_BTD: torch.Tensor, coords_TA: torch.Tensor, order_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def order_tokens(
+    emb_BTD: torch.Tensor, coords_TA: torch.Tensor, order_T: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reorder row-major tokens into a scan order (``order_T[i]`` = row-major index visited i-th)."""
     return emb_BTD[:, order_T], coords_TA[order_T]

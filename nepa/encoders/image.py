@@ -26,7 +26,9 @@ class ImageEncoderConfig(EncoderConfig):
 
     def check_input(self, sample_shape: tuple[int, ...]) -> None:
         if len(sample_shape) != 3:
-            raise ValueError(f"encoder 'image' needs (C, H, W) samples, the data gives {sample_shape}")
+            raise ValueError(
+                f"encoder 'image' needs (C, H, W) samples, the data gives {sample_shape}"
+            )
         _, H, W = sample_shape
         ph, pw = self.patch_hw
         if H % ph or W % pw:
@@ -52,13 +54,20 @@ class ImageEncoder(Encoder):
         self.proj = nn.Conv2d(C, dim, kernel_size=(ph, pw), stride=(ph, pw))
         self.grid = (H // ph, W // pw)
         order = torch.from_numpy(scan_order(cfg.scan, self.grid, cfg.scan_seed))
-        rows, cols = torch.meshgrid(torch.arange(self.grid[0]), torch.arange(self.grid[1]), indexing="ij")
+        rows, cols = torch.meshgrid(
+            torch.arange(self.grid[0]), torch.arange(self.grid[1]), indexing="ij"
+        )
         coords = torch.stack([rows, cols], dim=-1).reshape(-1, 2)  # row-major (T, 2)
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("coords", coords[order], persistent=False)
 
     def forward(self, x_BCHW: torch.Tensor) -> Tokens:
-        if tuple(x_BCHW.shape[-2:]) != (self.grid[0] * self.proj.stride[0], self.grid[1] * self.proj.stride[1]):
-            raise ValueError(f"expected images of size {tuple(self.proj.stride)} x {self.grid}, got {tuple(x_BCHW.shape)}")
+        if tuple(x_BCHW.shape[-2:]) != (
+            self.grid[0] * self.proj.stride[0],
+            self.grid[1] * self.proj.stride[1],
+        ):
+            raise ValueError(
+                f"expected images of size {tuple(self.proj.stride)} x {self.grid}, got {tuple(x_BCHW.shape)}"
+            )
         emb = self.proj(x_BCHW).flatten(2).transpose(1, 2)  # (B, T, D) row-major
         return Tokens(emb=emb[:, self.order], coords=self.coords, grid=self.grid)

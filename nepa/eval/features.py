@@ -24,7 +24,7 @@ def pool_tokens(h_BTD: torch.Tensor, tok: Tokens, pool: str) -> torch.Tensor:
     if pool.startswith("grid"):
         k = int(pool[4:])
         grid = torch.tensor(tok.grid, device=tok.coords.device)
-        bins = (tok.coords * torch.clamp(grid, max=k) // grid)  # (T, A), each < min(k, size)
+        bins = tok.coords * torch.clamp(grid, max=k) // grid  # (T, A), each < min(k, size)
         cell = torch.zeros(bins.shape[0], dtype=torch.long, device=bins.device)
         for a in range(bins.shape[1]):
             cell = cell * k + bins[:, a]
@@ -36,9 +36,18 @@ def pool_tokens(h_BTD: torch.Tensor, tok: Tokens, pool: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract(objective: Objective, dataset: Dataset, *, layers: list[int], pools: list[str], attn: str,
-            device: torch.device, batch_size: int = 256, limit: int | None = None,
-            bf16: bool = False) -> dict[tuple[int, str], torch.Tensor]:
+def extract(
+    objective: Objective,
+    dataset: Dataset,
+    *,
+    layers: list[int],
+    pools: list[str],
+    attn: str,
+    device: torch.device,
+    batch_size: int = 256,
+    limit: int | None = None,
+    bf16: bool = False,
+) -> dict[tuple[int, str], torch.Tensor]:
     """Features for every (layer, pool) in one pass over ``dataset`` (eval transform)."""
     objective.eval()
     if limit is not None and limit < len(dataset):

@@ -11,8 +11,16 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def knn_predict(train_ND: torch.Tensor, train_y: torch.Tensor, test_MD: torch.Tensor, *,
-                num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+def knn_predict(
+    train_ND: torch.Tensor,
+    train_y: torch.Tensor,
+    test_MD: torch.Tensor,
+    *,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Predicted labels (M,) for ``test_MD`` given a labelled bank ``train_ND``."""
     bank = F.normalize(train_ND.float(), dim=-1)
     k = min(k, bank.shape[0])

@@ -17,13 +17,21 @@ from nepa.train.build import resolve_precision
 def resolve_layer(layer: int, depth: int) -> int:
     resolved = layer if layer > 0 else depth + 1 + layer
     if not 1 <= resolved <= depth:
-        raise ValueError(f"eval.layer={layer} is outside 1..{depth} (negative counts from the last block)")
+        raise ValueError(
+            f"eval.layer={layer} is outside 1..{depth} (negative counts from the last block)"
+        )
     return resolved
 
 
-def knn_eval(cfg: RunConfig, objective: Objective, device: torch.device, *,
-             layers: list[int] | None = None, pools: list[str] | None = None,
-             attns: list[str] | None = None) -> list[dict]:
+def knn_eval(
+    cfg: RunConfig,
+    objective: Objective,
+    device: torch.device,
+    *,
+    layers: list[int] | None = None,
+    pools: list[str] | None = None,
+    attns: list[str] | None = None,
+) -> list[dict]:
     """One result dict per (attn, layer, pool); defaults come from ``cfg.eval``."""
     e = cfg.eval
     depth = cfg.predictor.depth
@@ -38,16 +46,35 @@ def knn_eval(cfg: RunConfig, objective: Objective, device: torch.device, *,
     results = []
     for attn in attns:
         t0 = time.perf_counter()
-        kw = dict(layers=layers, pools=pools, attn=attn, device=device, batch_size=e.batch_size, bf16=bf16)
+        kw = dict(
+            layers=layers, pools=pools, attn=attn, device=device, batch_size=e.batch_size, bf16=bf16
+        )
         ftr = extract(objective, train_ds, limit=e.max_train, **kw)
         fte = extract(objective, test_ds, limit=e.max_test, **kw)
         for layer in layers:
             for pool in pools:
-                top1 = knn_top1(ftr[(layer, pool)], ytr, fte[(layer, pool)], yte,
-                                num_classes=train_ds.num_classes, k=e.k, temperature=e.temperature)
-                results.append({"top1": top1, "n_train": len(ytr), "n_test": len(yte), "layer": layer,
-                                "pool": pool, "attn": attn, "k": e.k, "temperature": e.temperature,
-                                "seconds": time.perf_counter() - t0})
+                top1 = knn_top1(
+                    ftr[(layer, pool)],
+                    ytr,
+                    fte[(layer, pool)],
+                    yte,
+                    num_classes=train_ds.num_classes,
+                    k=e.k,
+                    temperature=e.temperature,
+                )
+                results.append(
+                    {
+                        "top1": top1,
+                        "n_train": len(ytr),
+                        "n_test": len(yte),
+                        "layer": layer,
+                        "pool": pool,
+                        "attn": attn,
+                        "k": e.k,
+                        "temperature": e.temperature,
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
     return results
 
 
@@ -61,5 +88,19 @@ def raw_pixel_knn(cfg: RunConfig) -> dict:
     xtr = torch.stack([train_ds[i][0].flatten() for i in range(len(ytr))])
     xte = torch.stack([test_ds[i][0].flatten() for i in range(len(yte))])
     mean = xtr.mean(0)
-    top1 = knn_top1(xtr - mean, ytr, xte - mean, yte, num_classes=train_ds.num_classes, k=e.k, temperature=e.temperature)
-    return {"top1": top1, "n_train": len(ytr), "n_test": len(yte), "layer": None, "pool": "raw_pixels"}
+    top1 = knn_top1(
+        xtr - mean,
+        ytr,
+        xte - mean,
+        yte,
+        num_classes=train_ds.num_classes,
+        k=e.k,
+        temperature=e.temperature,
+    )
+    return {
+        "top1": top1,
+        "n_train": len(ytr),
+        "n_test": len(yte),
+        "layer": None,
+        "pool": "raw_pixels",
+    }

@@ -21,7 +21,9 @@ class Objective(nn.Module):
     def forward(self, x: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # pragma: no cover
         raise NotImplementedError
 
-    def features(self, x: Any, *, layers: list[int], mask_mode: str | None = None):  # pragma: no cover
+    def features(
+        self, x: Any, *, layers: list[int], mask_mode: str | None = None
+    ):  # pragma: no cover
         """Frozen features for evaluation: a list (one per layer) of (B, T, D) token outputs,
         and the (T, A) coords / grid of those tokens."""
         raise NotImplementedError

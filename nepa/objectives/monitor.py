@@ -31,7 +31,9 @@ def collapse_stats(out_BTD: torch.Tensor, max_rows: int = 4096) -> dict[str, flo
     return {"std": std, "std_x_sqrt_d": std * D**0.5, "eff_rank": eff_rank}
 
 
-def check_collapse(stats: dict[str, float], step: int, min_std_ratio: float, min_rank: float) -> bool:
+def check_collapse(
+    stats: dict[str, float], step: int, min_std_ratio: float, min_rank: float
+) -> bool:
     """Log a loud warning if the outputs look collapsed; returns True when they do."""
     collapsed = stats["std_x_sqrt_d"] < min_std_ratio or stats["eff_rank"] < min_rank
     if collapsed:
@@ -39,6 +41,10 @@ def check_collapse(stats: dict[str, float], step: int, min_std_ratio: float, min
             "!!! REPRESENTATION COLLAPSE at step %d: std*sqrt(D)=%.4f (threshold %.3f), "
             "effective rank=%.2f (threshold %.1f). Outputs are becoming identical; check the "
             "stop-gradient, the shift and the learning rate.",
-            step, stats["std_x_sqrt_d"], min_std_ratio, stats["eff_rank"], min_rank,
+            step,
+            stats["std_x_sqrt_d"],
+            min_std_ratio,
+            stats["eff_rank"],
+            min_rank,
         )
     return collapsed

@@ -1,10 +1,10 @@
 """NEPA: next-embedding prediction with a stop-gradient target (Xu et al., 2025).
 
-    z = encoder(x)                       (B, T, D)   patch embeddings, no position
-    h = predictor([s, z_1..z_T])         (B, T+1, D) causal, final-normed
-    p = h[:, :-1]                        outputs at s, z_1..z_{T-1}
-    t = z.detach()                       THE stop-gradient: only on the target
-    L = -mean(normalize(p) . normalize(t))
+z = encoder(x)                       (B, T, D)   patch embeddings, no position
+h = predictor([s, z_1..z_T])         (B, T+1, D) causal, final-normed
+p = h[:, :-1]                        outputs at s, z_1..z_{T-1}
+t = z.detach()                       THE stop-gradient: only on the target
+L = -mean(normalize(p) . normalize(t))
 """
 
 from __future__ import annotations
@@ -44,9 +44,13 @@ def prediction_target(h_BT1D: torch.Tensor, z_BTD: torch.Tensor, shift: bool, st
     return p, t
 
 
-def nepa_loss(p_BTD: torch.Tensor, t_BTD: torch.Tensor, keep_BT: torch.Tensor | None = None) -> torch.Tensor:
+def nepa_loss(
+    p_BTD: torch.Tensor, t_BTD: torch.Tensor, keep_BT: torch.Tensor | None = None
+) -> torch.Tensor:
     """Negative cosine similarity, averaged over batch and (real) positions."""
-    cos = (F.normalize(p_BTD.float(), dim=-1) * F.normalize(t_BTD.float(), dim=-1)).sum(-1)  # (B, T)
+    cos = (F.normalize(p_BTD.float(), dim=-1) * F.normalize(t_BTD.float(), dim=-1)).sum(
+        -1
+    )  # (B, T)
     if keep_BT is None:
         return -cos.mean()
     keep = keep_BT.to(cos.dtype)
@@ -83,5 +87,7 @@ class Nepa(Objective):
     @torch.no_grad()
     def features(self, x, *, layers: list[int], mask_mode: str | None = None):
         tok = self.encoder(x)
-        outs = self.predictor(tok.emb, tok.coords, tok.grid, tok.mask, mask_mode=mask_mode, return_layers=layers)
+        outs = self.predictor(
+            tok.emb, tok.coords, tok.grid, tok.mask, mask_mode=mask_mode, return_layers=layers
+        )
         return [o[:, 1:] for o in outs], tok  # drop the start token: (B, T, D) per layer

@@ -35,14 +35,18 @@ def place(objective: Objective, device: torch.device) -> ResolvedBackend:
 
 def resolve_precision(requested: str, device: torch.device) -> tuple[bool, str]:
     """-> (use bf16 autocast, reason). Resolved once per run and logged."""
-    native_cpu_bf16 = device.type == "cpu" and torch.backends.mkldnn.is_available() and bool(
-        getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    native_cpu_bf16 = (
+        device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
     )
     if requested == "fp32":
         return False, "requested"
     if requested == "bf16":
         if device.type == "cpu" and not native_cpu_bf16:
-            log.warning("bf16 requested on a CPU without native bf16 matmul: expect it to be much slower than fp32")
+            log.warning(
+                "bf16 requested on a CPU without native bf16 matmul: expect it to be much slower than fp32"
+            )
         return True, "requested"
     if device.type == "cuda":
         return True, "auto: CUDA"

@@ -91,5 +91,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         ) from e
     missing = {"model", "optimizer", "step", "rng", "config"} - set(state)
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {sorted(missing)}: not a nepa training checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} lacks {sorted(missing)}: not a nepa training checkpoint"
+        )
     return state

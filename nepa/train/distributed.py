@@ -34,7 +34,9 @@ class DistEnv:
 def pick_device(requested: str, local_rank: int) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device='cuda' but no CUDA device is visible; use 'cpu' or 'auto'")
+            raise RuntimeError(
+                "train.device='cuda' but no CUDA device is visible; use 'cpu' or 'auto'"
+            )
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

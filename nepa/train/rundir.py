@@ -61,7 +61,11 @@ class RunDir:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     file = path / METRICS
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
+    return (
+        [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        if file.exists()
+        else []
+    )
 
 
 def read_meta(path: Path) -> dict[str, Any]:

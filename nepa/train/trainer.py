@@ -29,14 +29,27 @@ from nepa.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from nepa.train.distributed import DistEnv, all_reduce, barrier, init_distributed, no_sync, wrap_model
+from nepa.train.distributed import (
+    DistEnv,
+    all_reduce,
+    barrier,
+    init_distributed,
+    no_sync,
+    wrap_model,
+)
 from nepa.train.optim import build_optimizer, lr_at
 from nepa.train.rundir import RunDir, export_weights
 
 log = logging.getLogger(__name__)
 
 # Keys that may differ between a checkpoint's config and the resuming run's config.
-RESUME_MAY_DIFFER = {"train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.num_workers", "train.device"}
+RESUME_MAY_DIFFER = {
+    "train.log_every",
+    "train.ckpt_every",
+    "train.keep_ckpts",
+    "train.num_workers",
+    "train.device",
+}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,8 +64,14 @@ class TrainResult:
     stopped_by: str = "completed"
 
 
-def train(cfg: RunConfig, out: Path, *, recipe: str | None = None, resume: bool = False,
-          progress: bool = True) -> TrainResult:
+def train(
+    cfg: RunConfig,
+    out: Path,
+    *,
+    recipe: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
     env = init_distributed(cfg.train.device)
     return Trainer(cfg, Path(out), env, recipe).run(resume, progress)
 
@@ -71,7 +90,9 @@ class Trainer:
         self.objective = build_objective(cfg)
         self.backend = place(self.objective, env.device)
         self.bf16, self.precision_reason = resolve_precision(cfg.train.precision, env.device)
-        log.info("precision: %s (%s)", "bf16 autocast" if self.bf16 else "fp32", self.precision_reason)
+        log.info(
+            "precision: %s (%s)", "bf16 autocast" if self.bf16 else "fp32", self.precision_reason
+        )
         self.model = wrap_model(self.objective, env)
         self.optimizer = build_optimizer(self.objective, cfg.optim)
         self.dataset = build_dataset(cfg.data, split="train", train=True)
@@ -95,7 +116,11 @@ class Trainer:
         state = load_checkpoint(path)
         ours = _flat(json.loads(json.dumps(self.cfg.model_dump(mode="json"))))
         theirs = _flat(state["config"])
-        diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k) and k not in RESUME_MAY_DIFFER)
+        diff = sorted(
+            k
+            for k in ours.keys() | theirs.keys()
+            if ours.get(k) != theirs.get(k) and k not in RESUME_MAY_DIFFER
+        )
         if diff:
             raise CheckpointError(
                 f"config differs from the checkpoint's at {', '.join(diff)}; resume with the same "
@@ -109,7 +134,9 @@ class Trainer:
 
     def save(self) -> None:
         if self.env.is_main:
-            path = save_checkpoint(self.run_dir.ckpt_dir, self.step, self.state(), self.cfg.train.keep_ckpts)
+            path = save_checkpoint(
+                self.run_dir.ckpt_dir, self.step, self.state(), self.cfg.train.keep_ckpts
+            )
             log.info("checkpoint: %s", path)
         barrier()
 
@@ -117,18 +144,30 @@ class Trainer:
     def loader(self) -> DataLoader:
         t = self.cfg.train
         sampler = StepBatchSampler(
-            len(self.dataset), t.batch_size, t.accum, self.env.rank, self.env.world,
-            self.cfg.seed, start_micro=self.step * t.accum,
+            len(self.dataset),
+            t.batch_size,
+            t.accum,
+            self.env.rank,
+            self.env.world,
+            self.cfg.seed,
+            start_micro=self.step * t.accum,
         )
-        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=t.num_workers,
-                          pin_memory=self.env.device.type == "cuda", persistent_workers=t.num_workers > 0)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=t.num_workers,
+            pin_memory=self.env.device.type == "cuda",
+            persistent_workers=t.num_workers > 0,
+        )
 
     def run(self, resume: bool, progress: bool = True) -> TrainResult:
         torch.use_deterministic_algorithms(self.cfg.train.deterministic, warn_only=True)
         if resume:
             self.restore()
         elif list_checkpoints(self.run_dir.ckpt_dir):
-            raise CheckpointError(f"{self.run_dir.path} already holds checkpoints: pass --resume, or choose another --out")
+            raise CheckpointError(
+                f"{self.run_dir.path} already holds checkpoints: pass --resume, or choose another --out"
+            )
         if self.env.is_main:
             self.run_dir.write_start(self.cfg.model_dump(mode="json"), self.meta())
         old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -139,9 +178,15 @@ class Trainer:
             self.run_dir.close()
 
     def meta(self) -> dict:
-        return {"recipe": self.recipe, "attention_backend": self.backend.name, "attention_reason": self.backend.reason,
-                "world_size": self.env.world, "device": str(self.env.device),
-                "precision": "bf16" if self.bf16 else "fp32", "precision_reason": self.precision_reason}
+        return {
+            "recipe": self.recipe,
+            "attention_backend": self.backend.name,
+            "attention_reason": self.backend.reason,
+            "world_size": self.env.world,
+            "device": str(self.env.device),
+            "precision": "bf16" if self.bf16 else "fp32",
+            "precision_reason": self.precision_reason,
+        }
 
     def _on_sigterm(self, signum, frame) -> None:
         log.warning("SIGTERM: will save a checkpoint after this step and exit")
@@ -151,7 +196,12 @@ class Trainer:
         t, total = self.cfg.train, self.cfg.train.steps
         result = TrainResult(step=self.step, run_dir=self.run_dir.path)
         batches = iter(self.loader())
-        bar = tqdm(total=total, initial=self.step, disable=not (progress and self.env.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            disable=not (progress and self.env.is_main),
+            dynamic_ncols=True,
+        )
         tick, samples, tokens = time.perf_counter(), 0, 0.0
         while self.step < total:
             lr = lr_at(self.step, self.cfg.optim, total)
@@ -159,7 +209,9 @@ class Trainer:
                 group["lr"] = lr
             loss, n, ntok = self._accumulate(batches)
             stop = float(self._stop_requested)
-            loss_all, stop_all = all_reduce(torch.stack([loss, torch.tensor(stop, device=loss.device)]).float()).tolist()
+            loss_all, stop_all = all_reduce(
+                torch.stack([loss, torch.tensor(stop, device=loss.device)]).float()
+            ).tolist()
             if not torch.isfinite(torch.tensor(loss_all)):
                 raise NonFiniteLossError(
                     f"loss is {loss_all} at step {self.step + 1}; stopping without saving, the last good "
@@ -172,11 +224,21 @@ class Trainer:
             tokens += ntok * self.env.world
             if self.step % t.log_every == 0 or self.step == total:
                 dt = time.perf_counter() - tick
-                record = {"step": self.step, "loss": loss_all, "lr": lr, "grad_norm": grad_norm,
-                          "samples_per_s": samples / dt, "tokens_per_s": tokens / dt}
+                record = {
+                    "step": self.step,
+                    "loss": loss_all,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "samples_per_s": samples / dt,
+                    "tokens_per_s": tokens / dt,
+                }
                 if self.env.is_main:
                     self.run_dir.log(record)
-                bar.set_postfix(loss=f"{loss_all:.4f}", tok_s=f"{tokens / dt:,.0f}", smp_s=f"{samples / dt:,.0f}")
+                bar.set_postfix(
+                    loss=f"{loss_all:.4f}",
+                    tok_s=f"{tokens / dt:,.0f}",
+                    smp_s=f"{samples / dt:,.0f}",
+                )
                 tick, samples, tokens = time.perf_counter(), 0, 0.0
             stats = self._monitor()
             if stats and self.env.is_main:
@@ -201,7 +263,10 @@ class Trainer:
         for micro in range(accum):
             x, _ = next(batches)
             x = x.to(dev, non_blocking=True)
-            with no_sync(self.model, micro < accum - 1), torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+            with (
+                no_sync(self.model, micro < accum - 1),
+                torch.autocast(dev.type, torch.bfloat16, enabled=bf16),
+            ):
                 loss, metrics = self.model(x)
                 (loss / accum).backward()
             total += loss.detach().float()
@@ -214,7 +279,9 @@ class Trainer:
         params = [p for p in self.objective.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
         if not torch.isfinite(norm):
-            raise NonFiniteLossError(f"gradient norm is {norm.item()} at step {self.step + 1}; stopping without saving")
+            raise NonFiniteLossError(
+                f"gradient norm is {norm.item()} at step {self.step + 1}; stopping without saving"
+            )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)

@@ -1,0 +1,5 @@
+import sys
+
+from nepa.cli import main
+
+sys.exit(main())

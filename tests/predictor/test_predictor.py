@@ -1,0 +1,207 @@
+"""The predictor transformer: shapes, gradients on every parameter, N-D RoPE."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from nepa.predictor.config import PredictorConfig
+from nepa.predictor.rope import RotaryND, apply_rotary, normalized_coords
+from nepa.predictor.transformer import LayerScale, Predictor
+
+
+def _coords(grid: tuple[int, ...]) -> torch.Tensor:
+    """Row-major integer coordinates (T, A) of every cell of ``grid``."""
+    axes = torch.meshgrid(*[torch.arange(n) for n in grid], indexing="ij")
+    return torch.stack(axes, dim=-1).reshape(-1, len(grid))
+
+
+COMBOS = list(itertools.product(["swiglu", "gelu"], [True, False], [1e-5, None], [True, False]))
+
+
+@pytest.mark.parametrize("mlp,qk_norm,layerscale,rope", COMBOS,
+                         ids=[f"{m}-qk{int(q)}-ls{int(bool(s))}-rope{int(r)}" for m, q, s, r in COMBOS])
+def test_gradient_reaches_every_parameter(mlp: str, qk_norm: bool, layerscale: float | None,
+                                          rope: bool) -> None:
+    cfg = PredictorConfig(dim=32, depth=2, heads=2, mlp=mlp, qk_norm=qk_norm, layerscale=layerscale,
+                          rope=rope, attn_backend="sdpa")
+    torch.manual_seed(0)
+    pred = Predictor(cfg, n_axes=2)
+    grid = (3, 4)
+    emb = torch.randn(2, 12, 32)
+    out = pred(emb, _coords(grid), grid)
+    assert out.shape == (2, 13, 32)
+    assert torch.isfinite(out).all()
+    (out * torch.randn_like(out)).sum().backward()
+    names = dict(pred.named_parameters())
+    assert "start_token" in names
+    assert any(n.endswith("ls1.gamma") for n in names) == bool(layerscale)
+    assert any("q_norm" in n for n in names) == qk_norm
+    for name, p in names.items():
+        if qk_norm and not rope and name.endswith("k_norm.bias"):
+            # Without RoPE, q . (k + b) = q.k + q.b: q.b is the same for every key, so softmax
+            # cancels it and the key-norm bias gets no gradient (a true redundancy): only
+            # round-off, far below the query-norm bias's gradient.
+            q_bias = names[name.replace("k_norm", "q_norm")].grad.abs().max()
+            assert p.grad is None or p.grad.abs().max() < 1e-3 * q_bias
+            continue
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+def test_output_is_final_normed_and_layers_match() -> None:
+    cfg = PredictorConfig(dim=32, depth=3, heads=2, layerscale=None, attn_backend="sdpa")
+    torch.manual_seed(0)
+    pred = Predictor(cfg, n_axes=2)
+    emb, grid = torch.randn(2, 6, 32), (2, 3)
+    out = pred(emb, _coords(grid), grid)
+    # final LayerNorm (weight 1, bias 0 at init): zero mean, unit variance over D (the start
+    # token's residual stream is small, so LayerNorm's eps shows there)
+    torch.testing.assert_close(out.mean(-1), torch.zeros(2, 7), atol=1e-5, rtol=0)
+    var = out.var(-1, unbiased=False)
+    torch.testing.assert_close(var[:, 1:], torch.ones(2, 6), atol=1e-3, rtol=0)
+    torch.testing.assert_close(var[:, 0], torch.ones(2), atol=0.05, rtol=0)
+    layers = pred(emb, _coords(grid), grid, return_layers=[1, 3])
+    assert len(layers) == 2 and all(h.shape == (2, 7, 32) for h in layers)
+    torch.testing.assert_close(layers[1], out)
+    assert not torch.allclose(layers[0], out)
+
+
+def test_layerscale_init_and_start_token_no_decay() -> None:
+    cfg = PredictorConfig(dim=32, depth=1, heads=2, layerscale=1e-5)
+    pred = Predictor(cfg, n_axes=1)
+    gammas = [m.gamma for m in pred.modules() if isinstance(m, LayerScale)]
+    assert len(gammas) == 2 and all(torch.all(g == 1e-5) for g in gammas)
+    assert pred.no_weight_decay() == {"start_token"}
+    assert pred.start_token.shape == (1, 1, 32) and pred.start_token.abs().sum() > 0
+
+
+def test_drop_path_only_in_training() -> None:
+    cfg = PredictorConfig(dim=32, depth=2, heads=2, layerscale=None, drop_path=0.5)
+    torch.manual_seed(0)
+    pred = Predictor(cfg, n_axes=1)
+    emb, grid = torch.randn(8, 5, 32), (5,)
+    pred.eval()
+    a, b = pred(emb, _coords(grid), grid), pred(emb, _coords(grid), grid)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    pred.train()
+    assert not torch.allclose(pred(emb, _coords(grid), grid), a)
+
+
+# ------------------------------------------------------------------------------ RoPE
+
+
+def test_normalized_coords_are_patch_centres() -> None:
+    c = normalized_coords(torch.tensor([[0, 0], [3, 1], [1, 0]]), (4, 2))
+    torch.testing.assert_close(c, torch.tensor([[-0.75, -0.5], [0.75, 0.5], [-0.25, -0.5]]))
+
+
+def _logits(rope: RotaryND, pos: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    cos, sin = rope.tables(pos)
+    qr, kr = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # (1, T, 1, Dh)
+    return qr[0, :, 0] @ kr[0, :, 0].T  # (T, T)
+
+
+@pytest.mark.parametrize("n_axes", [1, 2, 3])
+def test_rope_is_relative(n_axes: int) -> None:
+    """Shifting every coordinate by the same amount leaves all q.k logits unchanged."""
+    torch.manual_seed(0)
+    rope = RotaryND(head_dim=24, n_axes=n_axes, theta=100.0).eval()
+    grid = (64,) * n_axes
+    cells = torch.randint(0, 48, (20, n_axes))
+    shift = torch.tensor([13, -7, 5][:n_axes])
+    q, k = torch.randn(1, 20, 1, 24), torch.randn(1, 20, 1, 24)
+    base = _logits(rope, normalized_coords(cells, grid), q, k)
+    shifted = _logits(rope, normalized_coords(cells + shift + 7, grid), q, k)
+    torch.testing.assert_close(shifted, base, atol=1e-4, rtol=1e-4)
+    # ... but scaling the coordinates (not a shift) changes them: the test can fail.
+    scaled = _logits(rope, normalized_coords(cells * 2 - 20, grid), q, k)
+    assert (scaled - base).abs().max() > 1e-2
+    # ... and without rotation the logits would be plain q.k, so RoPE does something.
+    assert (base - q[0, :, 0] @ k[0, :, 0].T).abs().max() > 1e-2
+
+
+def test_rope_axes_rotate_their_own_channel_blocks() -> None:
+    """Axis a rotates channel pairs (a*F + i, Dh/2 + a*F + i), i < F = Dh / (2A)."""
+    rope = RotaryND(head_dim=16, n_axes=2, theta=100.0)
+    x = torch.randn(1, 1, 1, 16)
+    out = {}
+    for name, pos in {"origin": [0.0, 0.0], "axis0": [0.7, 0.0], "axis1": [0.0, 0.7]}.items():
+        cos, sin = rope.tables(torch.tensor([pos]))
+        out[name] = apply_rotary(x, cos, sin)[0, 0, 0]
+    torch.testing.assert_close(out["origin"], x[0, 0, 0])  # zero angle: identity
+    axis0 = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])
+    axis1 = torch.tensor([4, 5, 6, 7, 12, 13, 14, 15])
+    torch.testing.assert_close(out["axis0"][axis1], x[0, 0, 0, axis1])
+    torch.testing.assert_close(out["axis1"][axis0], x[0, 0, 0, axis0])
+    assert (out["axis0"][axis0] - x[0, 0, 0, axis0]).abs().max() > 1e-3
+    assert (out["axis1"][axis1] - x[0, 0, 0, axis1]).abs().max() > 1e-3
+    # norms are preserved (a rotation)
+    torch.testing.assert_close(out["axis0"].norm(), x.norm())
+
+
+def test_rope_frequencies() -> None:
+    """Per axis F = Dh/(2A) periods theta ** (2i / (Dh/A)); angle = 2 pi pos / period."""
+    rope = RotaryND(head_dim=8, n_axes=1, theta=100.0)
+    torch.testing.assert_close(rope.periods, torch.tensor([1.0, 100.0 ** 0.25, 10.0, 100.0 ** 0.75]))
+    cos, sin = rope.tables(torch.tensor([[0.25]]))
+    angles = 2 * math.pi * 0.25 / rope.periods
+    torch.testing.assert_close(cos[0, 0], torch.cat([angles, angles]).cos())
+    torch.testing.assert_close(sin[0, 0], torch.cat([angles, angles]).sin())
+
+
+@pytest.mark.parametrize("head_dim,n_axes", [(12, 4), (10, 2), (16, 3)])
+def test_rope_head_dim_must_split_over_axes(head_dim: int, n_axes: int) -> None:
+    with pytest.raises(ValueError, match=f"divisible by {2 * n_axes}, got {head_dim}"):
+        RotaryND(head_dim, n_axes)
+
+
+def test_predictor_rejects_head_dim_not_divisible_by_2a() -> None:
+    cfg = PredictorConfig(dim=32, depth=1, heads=2)  # head dim 16: 16 % 6 != 0
+    with pytest.raises(ValueError, match="predictor.dim or predictor.heads"):
+        Predictor(cfg, n_axes=3)
+    Predictor(cfg, n_axes=4)  # 16 % 8 == 0: fine
+    Predictor(cfg.model_copy(update={"rope": False}), n_axes=3)  # no RoPE, no constraint
+
+
+def test_rope_rescale_only_in_training() -> None:
+    torch.manual_seed(0)
+    pos = normalized_coords(_coords((4, 4)), (4, 4))
+    plain = RotaryND(16, 2, rescale=None)
+    jitter = RotaryND(16, 2, rescale=(0.5, 2.0))
+    jitter.eval()
+    torch.testing.assert_close(jitter.tables(pos)[0], plain.tables(pos)[0], rtol=0, atol=0)
+    jitter.train()
+    a, b = jitter.tables(pos)[0], jitter.tables(pos)[0]
+    assert not torch.allclose(a, b)  # a new scale every call in training
+
+
+def test_start_token_gets_identity_rotation() -> None:
+    cfg = PredictorConfig(dim=32, depth=1, heads=2)
+    pred = Predictor(cfg, n_axes=2)
+    grid = (3, 5)
+    coords = _coords(grid)[torch.randperm(15)]
+    cos, sin = pred.rope_tables(coords, grid)
+    assert cos.shape == sin.shape == (16, 1, 16)
+    torch.testing.assert_close(cos[0], torch.ones(1, 16), rtol=0, atol=0)
+    torch.testing.assert_close(sin[0], torch.zeros(1, 16), rtol=0, atol=0)
+    ref_cos, ref_sin = pred.rope.tables(normalized_coords(coords, grid))
+    torch.testing.assert_close(cos[1:], ref_cos, rtol=0, atol=0)
+    torch.testing.assert_close(sin[1:], ref_sin, rtol=0, atol=0)
+    assert pred.rope_tables(coords, grid) is not None
+    assert Predictor(cfg.model_copy(update={"rope": False}), n_axes=2).rope_tables(coords, grid) is None
+
+
+def test_token_coordinates_matter_only_through_rope() -> None:
+    """Permuting coordinates changes outputs with RoPE; without RoPE coords are ignored."""
+    torch.manual_seed(0)
+    emb, grid = torch.randn(2, 9, 32), (3, 3)
+    coords = _coords(grid)
+    perm = torch.randperm(9)
+    for rope in (True, False):
+        cfg = PredictorConfig(dim=32, depth=1, heads=2, layerscale=None, rope=rope)
+        pred = Predictor(cfg, n_axes=2).eval()
+        a, b = pred(emb, coords, grid), pred(emb, coords[perm], grid)
+        assert torch.allclose(a, b) != rope

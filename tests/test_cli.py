@@ -1,0 +1,92 @@
+"""The ``nepa`` command line: version, train options, ``eval knn`` and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_recipe import TINY_RECIPE, tiny
+
+import nepa
+from nepa.cli import main
+from nepa.config import validate
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == nepa.__version__ == "0.1.0"
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert "usage: nepa" in out and "train" in out and "eval" in out
+
+
+@pytest.mark.parametrize("module", ["nepa.cli", "nepa"])
+def test_python_dash_m(module: str) -> None:
+    """``python -m nepa.cli`` (used under torchrun) and ``python -m nepa`` in a fresh process."""
+    proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == nepa.__version__
+
+
+def test_print_config_is_the_validated_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", TINY_RECIPE, "--print-config", "--set", "optim.lr=1e-4"]) == 0
+    cfg = validate(json.loads(capsys.readouterr().out))
+    assert cfg == tiny().model_copy(update={"optim": tiny().optim.model_copy(update={"lr": 1e-4})})
+
+
+def test_train_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", TINY_RECIPE, "--resume"]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+    assert main(["train", "no_such_module_xyz:tiny"]) == 2
+    assert "cannot import recipe module 'no_such_module_xyz'" in capsys.readouterr().err
+    assert main(["train", TINY_RECIPE, "--set", "predictor.mask=foo"]) == 2
+    assert "'causal', 'bidirectional' or 'prefix'" in capsys.readouterr().err
+
+
+def _eval(run: Path, out: Path, *extra: str) -> dict | list:
+    assert main(["eval", "knn", str(run), "--json", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_eval_knn_json(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = _eval(tiny_run, tmp_path / "knn.json")
+    assert {"top1", "n_train", "n_test", "layer", "pool"} <= set(res)
+    assert res["n_train"] == 256 and res["n_test"] == 128 and res["layer"] == 2 and res["pool"] == "mean"
+    assert 0.2 < res["top1"] <= 1.0  # 10 classes
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == res  # also printed
+    pooled = _eval(tiny_run, tmp_path / "grid.json", "--set", "eval.pool=grid2", "--set", "eval.layer=1")
+    assert pooled["pool"] == "grid2" and pooled["layer"] == 1
+
+
+@pytest.mark.slow
+def test_eval_knn_random_init(tiny_run: Path, tmp_path: Path) -> None:
+    res = _eval(tiny_run, tmp_path / "rand.json", "--random-init")
+    assert res["n_train"] == 256 and res["n_test"] == 128 and 0.0 <= res["top1"] <= 1.0
+    trained = _eval(tiny_run, tmp_path / "trained.json")
+    assert res["top1"] != trained["top1"] or res != trained  # a different network was evaluated
+
+
+@pytest.mark.slow
+def test_eval_knn_sweep(tiny_run: Path, tmp_path: Path) -> None:
+    res = _eval(tiny_run, tmp_path / "sweep.json", "--sweep")
+    assert isinstance(res, list) and len(res) == 2 * 3 * 2  # layers x pools x attention modes
+    assert {(r["layer"], r["pool"], r["attn"]) for r in res} == {
+        (layer, pool, attn) for layer in (1, 2) for pool in ("mean", "last", "grid2")
+        for attn in ("causal", "bidirectional")}
+
+
+def test_eval_knn_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "knn", str(tmp_path / "nowhere")]) == 2
+    assert "is not a nepa run directory" in capsys.readouterr().err
+    assert main(["eval", "knn", str(tiny_run), "--set", "optim.lr=1"]) == 2
+    assert "only eval.* and data.* keys" in capsys.readouterr().err
+    assert main(["eval", "knn", str(tiny_run), "--set", "eval.pool=max"]) == 2
+    assert "'mean', 'last', 'grid2' or 'grid4'" in capsys.readouterr().err

@@ -1,0 +1,181 @@
+"""A USER's own file, outside the package: 1-D sensor signals through nepa, unchanged.
+
+It registers
+- a dataset kind ``toy_signal_1d``: windows of the UCI HAPT raw smartphone signals
+  (``${NEPA_DATA_DIR}/hapt.npz``: ``signals (N, 6) float32``, ``label``, ``user``, ``session``),
+  UCI HAR protocol: 128-sample windows that never cross a ``session``, label = the majority
+  activity (1..6 kept, as 0..5; windows whose majority is a transition or unlabelled are
+  skipped and counted), test subjects 2, 4, 9, 10, 12, 13, 18, 20, 24, train on the rest;
+- an encoder kind ``conv1d_patch``: ``Conv1d`` patchify (kernel = stride = patch), one grid axis,
+  coords ``(T, 1)``;
+- a recipe ``tiny()`` using both:  ``nepa train tests/user_plugins/signal_1d.py:tiny``.
+
+No fallback: a missing data file is an error that says which file and which variable.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt
+from torch import nn
+from torch.utils.data import Dataset
+
+from nepa.config import EvalConfig, OptimConfig, RunConfig, TrainConfig
+from nepa.data.base import DATASETS, DataConfig
+from nepa.data.paths import resolve_path
+from nepa.encoders.base import ENCODERS, Encoder, EncoderConfig
+from nepa.encoders.scans import SCANS, scan_order
+from nepa.objectives.nepa import NepaConfig
+from nepa.predictor.config import PredictorConfig
+from nepa.tokens import Tokens
+
+log = logging.getLogger(__name__)
+
+TEST_SUBJECTS = frozenset({2, 4, 9, 10, 12, 13, 18, 20, 24})
+ACTIVITIES = ["walking", "upstairs", "downstairs", "sitting", "standing", "laying"]
+
+
+# ------------------------------------------------------------------------------ dataset
+
+
+class Signal1dConfig(DataConfig):
+    kind: Literal["toy_signal_1d"] = "toy_signal_1d"
+    path: str = "${NEPA_DATA_DIR}/hapt.npz"
+    length: PositiveInt = 128
+    stride: PositiveInt = 64
+    channels: PositiveInt = 6
+    limit_train: PositiveInt | None = None
+    limit_test: PositiveInt | None = None
+    subset_seed: int = 0
+    noise: float = Field(0.05, ge=0, description="train-time Gaussian jitter (in std units)")
+
+    @property
+    def sample_shape(self) -> tuple[int, int]:
+        return (self.channels, self.length)
+
+
+@lru_cache(maxsize=4)
+def _windows(path: str, length: int, stride: int) -> dict[str, np.ndarray]:
+    """All labelled windows of the file: starts (W,), labels 0..5 (W,), subject (W,)."""
+    with np.load(path, allow_pickle=False) as f:
+        signals, label, user, session = f["signals"], f["label"], f["user"], f["session"]
+    cuts = np.flatnonzero(np.diff(session)) + 1
+    bounds = zip(np.r_[0, cuts], np.r_[cuts, len(session)], strict=True)
+    starts = np.concatenate([np.arange(a, b - length + 1, stride) for a, b in bounds])
+    win = label[starts[:, None] + np.arange(length)]  # (W, L)
+    values = np.arange(-1, 13)
+    counts = np.stack([(win == v).sum(1) for v in values], axis=1)  # (W, 14)
+    major = values[counts.argmax(1)]
+    keep = (major >= 1) & (major <= 6)
+    if (~keep).any():
+        log.info("toy_signal_1d: skipped %d of %d windows (majority not in 1..6)", (~keep).sum(), len(keep))
+    starts, major = starts[keep], major[keep]
+    return {"signals": signals, "starts": starts, "labels": (major - 1).astype(np.int64),
+            "subject": user[starts].astype(np.int64), "session": session[starts].astype(np.int64)}
+
+
+class SignalWindows(Dataset):
+    """``ds[i]`` or ``ds[(i, aug_seed)]`` -> (x (C, L) float32, label 0..5)."""
+
+    num_classes = len(ACTIVITIES)
+
+    def __init__(self, cfg: Signal1dConfig, split: str, train: bool) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"toy_signal_1d has splits 'train' and 'test', not {split!r}")
+        w = _windows(str(resolve_path(cfg.path)), cfg.length, cfg.stride)
+        in_test = np.isin(w["subject"], list(TEST_SUBJECTS))
+        idx = np.flatnonzero(in_test if split == "test" else ~in_test)
+        limit = cfg.limit_train if split == "train" else cfg.limit_test
+        if limit is not None and limit < len(idx):
+            rng = np.random.default_rng([cfg.subset_seed, split == "test"])
+            idx = np.sort(rng.choice(idx, size=limit, replace=False))
+        train_idx = np.flatnonzero(~in_test)
+        # Per-channel statistics over the train subjects' windows (fixed, whatever the split).
+        sample = w["signals"][w["starts"][train_idx][:, None] + np.arange(cfg.length)]
+        self.mean = sample.mean(axis=(0, 1)).astype(np.float32)
+        self.std = sample.std(axis=(0, 1)).astype(np.float32)
+        self.cfg, self.train = cfg, train
+        self.signals = w["signals"]
+        self.starts = w["starts"][idx]
+        self.subjects = w["subject"][idx]
+        self.sessions = w["session"][idx]
+        self.labels = torch.as_tensor(w["labels"][idx])
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, key):
+        index, aug_seed = (key, None) if isinstance(key, int | np.integer) else key
+        s = self.starts[index]
+        x = (self.signals[s : s + self.cfg.length] - self.mean) / self.std  # (L, C)
+        if self.train and aug_seed is not None and self.cfg.noise:
+            x = x + self.cfg.noise * np.random.default_rng(int(aug_seed)).standard_normal(x.shape)
+        return torch.from_numpy(np.ascontiguousarray(x.T, dtype=np.float32)), int(self.labels[index])
+
+
+@DATASETS.register("toy_signal_1d", config=Signal1dConfig)
+def build_signal_1d(cfg: Signal1dConfig, *, split: str, train: bool) -> SignalWindows:
+    return SignalWindows(cfg, split, train)
+
+
+# ------------------------------------------------------------------------------ encoder
+
+
+class Conv1dPatchConfig(EncoderConfig):
+    kind: Literal["conv1d_patch"] = "conv1d_patch"
+    patch_size: PositiveInt = 16
+    scan: str = "raster"
+
+    def check_input(self, sample_shape: tuple[int, ...]) -> None:
+        if len(sample_shape) != 2:
+            raise ValueError(f"encoder 'conv1d_patch' needs (C, L) samples, the data gives {sample_shape}")
+        if sample_shape[1] % self.patch_size:
+            raise ValueError(
+                f"signal length {sample_shape[1]} is not divisible by encoder.patch_size={self.patch_size}"
+            )
+        if self.scan not in SCANS:
+            raise ValueError(f"unknown scan order {self.scan!r}; known: {', '.join(SCANS.names())}")
+
+
+@ENCODERS.register("conv1d_patch", config=Conv1dPatchConfig)
+class Conv1dPatch(Encoder):
+    """(B, C, L) -> Tokens: emb (B, L / patch, D) in scan order, coords (T, 1)."""
+
+    n_axes = 1
+
+    def __init__(self, cfg: Conv1dPatchConfig, *, dim: int, sample_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        cfg.check_input(sample_shape)
+        C, L = sample_shape
+        self.proj = nn.Conv1d(C, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.grid = (L // cfg.patch_size,)
+        order = torch.from_numpy(scan_order(cfg.scan, self.grid))
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("coords", order[:, None].clone(), persistent=False)  # (T, 1)
+
+    def forward(self, x_BCL: torch.Tensor) -> Tokens:
+        emb = self.proj(x_BCL).transpose(1, 2)  # (B, T, D) in time order
+        return Tokens(emb=emb[:, self.order], coords=self.coords, grid=self.grid)
+
+
+# ------------------------------------------------------------------------------ recipe
+
+
+def tiny() -> RunConfig:
+    """dim 32, depth 2, patch 16 (8 tokens of 2.56 s / 8), 10 steps of batch 32."""
+    return RunConfig(
+        name="signal-1d-tiny",
+        data=Signal1dConfig(limit_train=512, limit_test=256),
+        encoder=Conv1dPatchConfig(patch_size=16),
+        predictor=PredictorConfig(dim=32, depth=2, heads=2, attn_backend="sdpa"),
+        objective=NepaConfig(monitor_every=5),
+        optim=OptimConfig(lr=2e-3, warmup=2),
+        train=TrainConfig(steps=10, batch_size=32, precision="fp32", device="cpu", log_every=1,
+                          ckpt_every=5),
+        eval=EvalConfig(k=10, max_train=512, max_test=256, batch_size=256),
+    )
