@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -59,12 +60,16 @@ class TrainConfig(Config):
 
 
 class EvalConfig(Config):
-    """kNN evaluation of frozen features (DINO protocol: cosine, temperature-weighted votes)."""
+    """kNN evaluation of frozen features (DINO protocol: cosine, temperature-weighted votes).
+
+    Defaults (README, "Evaluate"): causal attention, the penultimate block, grid2 pooling. In
+    sweeps they beat bidirectional attention, the last block and mean pooling.
+    """
 
     k: int = Field(20, gt=0)
     temperature: float = Field(0.07, gt=0)
-    layer: int = Field(-1, description="block index (1-based); negative counts from the last")
-    pool: Literal["mean", "last", "grid2", "grid4"] = "mean"
+    layer: int = Field(-2, description="block index (1-based); negative counts from the last")
+    pool: Literal["mean", "last", "grid2", "grid4"] = "grid2"
     attn: Literal["causal", "bidirectional"] = "causal"
     max_train: int | None = None
     max_test: int | None = None
@@ -148,7 +153,11 @@ def import_file(path: str | Path) -> Any:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules[name] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except BaseException:
+        sys.modules.pop(name, None)  # a half-run module must not be found by the next import
+        raise
     return module
 
 
@@ -163,11 +172,18 @@ def resolve_recipe(spec: str) -> tuple[Any, str, str]:
         module = import_file(target)
         canonical = f"{Path(target).resolve()}:{func}"
     else:
+        # Like `python -m`, let a console-script user name a module in the working directory.
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as e:
             raise ConfigError(f"cannot import recipe module {target!r}: {e}") from None
-        canonical = spec
+        file = getattr(module, "__file__", None)
+        # A module found through the working directory is recorded by path, so that
+        # `nepa eval` finds it again from any directory.
+        local = file is not None and Path(file).resolve().is_relative_to(Path.cwd().resolve())
+        canonical = f"{Path(file).resolve()}:{func}" if local else spec
     if not callable(getattr(module, func, None)):
         public = [
             n

@@ -22,7 +22,7 @@ def demo() -> RunConfig:
         objective=NepaConfig(monitor_every=50),
         optim=OptimConfig(lr=2e-3, warmup=0.05),
         train=TrainConfig(
-            steps=300, batch_size=128, precision="auto", log_every=10, ckpt_every=100
+            steps=250, batch_size=64, precision="auto", log_every=10, ckpt_every=100
         ),
         eval=EvalConfig(max_train=5000, max_test=2000),
     )

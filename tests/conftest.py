@@ -10,7 +10,7 @@ import pytest
 import torch
 
 TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:  # tiny_recipe.py and nepa_main.py live beside this file
+if str(TESTS) not in sys.path:  # tiny_recipe.py lives beside this file
     sys.path.insert(0, str(TESTS))
 
 from tiny_recipe import TINY_RECIPE, tiny_with  # noqa: E402
@@ -41,4 +41,3 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     assert main(["train", TINY_RECIPE, "--out", str(out), "--no-progress"]) == 0
     return out
-

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_recipe import TINY_RECIPE, tiny
+from tiny_recipe import TESTS, TINY_RECIPE, tiny
 
 import nepa
 from nepa.cli import main
@@ -29,10 +29,26 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
 @pytest.mark.parametrize("module", ["nepa.cli", "nepa"])
 def test_python_dash_m(module: str) -> None:
     """``python -m nepa.cli`` (used under torchrun) and ``python -m nepa`` in a fresh process."""
-    proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == nepa.__version__
+
+
+def test_console_script_imports_a_recipe_module_from_the_working_dir() -> None:
+    script = Path(sys.executable).parent / "nepa"
+    if not script.exists():
+        pytest.skip(f"no `nepa` console script beside {sys.executable}")
+    proc = subprocess.run(
+        [str(script), "train", "tiny_recipe:tiny", "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=TESTS,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert validate(json.loads(proc.stdout)) == tiny()
 
 
 def test_print_config_is_the_validated_recipe(capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,31 +75,58 @@ def _eval(run: Path, out: Path, *extra: str) -> dict | list:
 def test_eval_knn_json(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     res = _eval(tiny_run, tmp_path / "knn.json")
     assert {"top1", "n_train", "n_test", "layer", "pool"} <= set(res)
-    assert res["n_train"] == 256 and res["n_test"] == 128 and res["layer"] == 2 and res["pool"] == "mean"
+    assert (
+        res["n_train"] == 256
+        and res["n_test"] == 128
+        and res["layer"] == 1  # default eval.layer=-2: the penultimate of 2 blocks
+        and res["pool"] == "grid2"
+        and res["attn"] == "causal"
+    )
     assert 0.2 < res["top1"] <= 1.0  # 10 classes
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == res  # also printed
-    pooled = _eval(tiny_run, tmp_path / "grid.json", "--set", "eval.pool=grid2", "--set", "eval.layer=1")
-    assert pooled["pool"] == "grid2" and pooled["layer"] == 1
+    pooled = _eval(
+        tiny_run, tmp_path / "mean.json", "--set", "eval.pool=mean", "--set", "eval.layer=2"
+    )
+    assert pooled["pool"] == "mean" and pooled["layer"] == 2
 
 
 @pytest.mark.slow
-def test_eval_knn_random_init(tiny_run: Path, tmp_path: Path) -> None:
+def test_eval_knn_random_init(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nepa.eval.load as load_mod
+
+    loaded = []
+    original = load_mod.load_weights
+    monkeypatch.setattr(load_mod, "load_weights", lambda run: loaded.append(run) or original(run))
     res = _eval(tiny_run, tmp_path / "rand.json", "--random-init")
+    assert loaded == []  # the trained weights were not loaded
     assert res["n_train"] == 256 and res["n_test"] == 128 and 0.0 <= res["top1"] <= 1.0
-    trained = _eval(tiny_run, tmp_path / "trained.json")
-    assert res["top1"] != trained["top1"] or res != trained  # a different network was evaluated
+    _eval(tiny_run, tmp_path / "trained.json")
+    assert loaded == [tiny_run]
 
 
 @pytest.mark.slow
 def test_eval_knn_sweep(tiny_run: Path, tmp_path: Path) -> None:
     res = _eval(tiny_run, tmp_path / "sweep.json", "--sweep")
-    assert isinstance(res, list) and len(res) == 2 * 3 * 2  # layers x pools x attention modes
-    assert {(r["layer"], r["pool"], r["attn"]) for r in res} == {
-        (layer, pool, attn) for layer in (1, 2) for pool in ("mean", "last", "grid2")
-        for attn in ("causal", "bidirectional")}
+    assert isinstance(res, list)
+    pools = {r["pool"] for r in res}
+    assert {"mean", "last", "grid2"} <= pools
+    # every layer x pool x attention mode, once each
+    combos = [(r["layer"], r["pool"], r["attn"]) for r in res]
+    assert len(combos) == len(set(combos)) == 2 * len(pools) * 2
+    assert set(combos) == {
+        (layer, pool, attn)
+        for layer in (1, 2)
+        for pool in pools
+        for attn in ("causal", "bidirectional")
+    }
+    assert all(r["n_train"] == 256 and 0.0 <= r["top1"] <= 1.0 for r in res)
 
 
-def test_eval_knn_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_knn_errors(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["eval", "knn", str(tmp_path / "nowhere")]) == 2
     assert "is not a nepa run directory" in capsys.readouterr().err
     assert main(["eval", "knn", str(tiny_run), "--set", "optim.lr=1"]) == 2

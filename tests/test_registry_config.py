@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from tiny_recipe import TINY_RECIPE, tiny, tiny_with
 
 from nepa.cli import main
-from nepa.config import ConfigError, apply_overrides, import_file, load_recipe, parse_value, validate
+from nepa.config import (
+    ConfigError,
+    apply_overrides,
+    import_file,
+    load_recipe,
+    parse_value,
+    validate,
+)
 from nepa.encoders.base import ENCODERS, build_encoder
 from nepa.encoders.image import ImageEncoder, ImageEncoderConfig
 from nepa.encoders.scans import scan_coords, scan_order
@@ -123,7 +130,7 @@ def test_encoder_contract(kind: str) -> None:
     assert tok.emb.shape == (3, T, 16) and tok.emb.dtype == torch.float32
     assert tok.coords.shape == (T, enc.n_axes) and tok.coords.dtype == torch.long
     assert len(tok.grid) == enc.n_axes == tok.n_axes and tuple(enc.grid) == tuple(tok.grid)
-    assert T == int(np.prod(tok.grid))
+    assert int(np.prod(tok.grid)) == T
     grid = torch.tensor(tok.grid)
     assert ((tok.coords >= 0) & (tok.coords < grid)).all()
     assert len({tuple(c) for c in tok.coords.tolist()}) == T  # every cell exactly once
@@ -161,8 +168,12 @@ def test_scan_order_wiring(scan: str) -> None:
     """coords = scan_coords(scan, grid); embeddings are the raster ones, permuted the same way."""
     shape = (3, 24, 32)
     torch.manual_seed(0)
-    raster = ImageEncoder(ImageEncoderConfig(patch_size=4, scan="raster"), dim=8, sample_shape=shape)
-    other = ImageEncoder(ImageEncoderConfig(patch_size=4, scan=scan, scan_seed=3), dim=8, sample_shape=shape)
+    raster = ImageEncoder(
+        ImageEncoderConfig(patch_size=4, scan="raster"), dim=8, sample_shape=shape
+    )
+    other = ImageEncoder(
+        ImageEncoderConfig(patch_size=4, scan=scan, scan_seed=3), dim=8, sample_shape=shape
+    )
     other.load_state_dict(raster.state_dict())
     x = torch.randn(2, *shape)
     tr, to = raster(x), other(x)
@@ -189,8 +200,15 @@ def test_tiny_recipe_round_trips_through_json() -> None:
 
 
 def test_override_sets_and_revalidates() -> None:
-    cfg = apply_overrides(tiny(), ["optim.lr=3e-4", "predictor.rope_rescale=[0.5, 2]",
-                                   "encoder.scan=hilbert", "optim.clip_grad=null"])
+    cfg = apply_overrides(
+        tiny(),
+        [
+            "optim.lr=3e-4",
+            "predictor.rope_rescale=[0.5, 2]",
+            "encoder.scan=hilbert",
+            "optim.clip_grad=null",
+        ],
+    )
     assert cfg.optim.lr == 3e-4 and cfg.predictor.rope_rescale == (0.5, 2.0)
     assert cfg.encoder.scan == "hilbert" and cfg.optim.clip_grad is None
     assert tiny().optim.lr == 3e-3  # the original is untouched
@@ -198,9 +216,19 @@ def test_override_sets_and_revalidates() -> None:
         apply_overrides(tiny(), ["predictor.heads=3"])
 
 
-@pytest.mark.parametrize("text,value", [("3e-4", 3e-4), ("true", True), ("null", None), ("None", None),
-                                        ("[0.5, 2]", [0.5, 2]), ("(1, 2)", (1, 2)), ("hilbert", "hilbert"),
-                                        ("12", 12)])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("3e-4", 3e-4),
+        ("true", True),
+        ("null", None),
+        ("None", None),
+        ("[0.5, 2]", [0.5, 2]),
+        ("(1, 2)", (1, 2)),
+        ("hilbert", "hilbert"),
+        ("12", 12),
+    ],
+)
 def test_parse_value(text: str, value) -> None:
     assert parse_value(text) == value
 
@@ -211,7 +239,9 @@ def test_unknown_override_key_names_it_and_lists_valid_keys() -> None:
     msg = str(e.value)
     assert "'optim.lrr'" in msg and "'lrr' is not in optim" in msg
     assert "valid keys: lr, weight_decay, betas, eps, warmup, min_lr_ratio, clip_grad" in msg
-    with pytest.raises(ConfigError, match="'bad' is not in the top level; valid keys: name, seed, data"):
+    with pytest.raises(
+        ConfigError, match="'bad' is not in the top level; valid keys: name, seed, data"
+    ):
         apply_overrides(tiny(), ["bad.key=1"])
     with pytest.raises(ConfigError, match="must look like key=value"):
         apply_overrides(tiny(), ["optim.lr"])
@@ -231,7 +261,9 @@ def test_image_not_divisible_by_patch_fails_at_config_time() -> None:
     msg = str(e.value)
     assert "28x28" in msg and "5x5" in msg and "encoder.patch_size" in msg
     with pytest.raises(ValidationError, match="28x28 is not divisible by the patch size 5x5"):
-        tiny().model_validate({**tiny().model_dump(), "encoder": {"kind": "image", "patch_size": 5}})
+        tiny().model_validate(
+            {**tiny().model_dump(), "encoder": {"kind": "image", "patch_size": 5}}
+        )
 
 
 def test_unknown_encoder_kind_lists_known_kinds() -> None:
@@ -247,7 +279,10 @@ def test_unknown_key_inside_a_registered_component_names_it() -> None:
     data["encoder"]["patchsize"] = 4
     with pytest.raises(ConfigError) as e:
         validate(data)
-    assert "encoder.patchsize: unknown key; valid keys here: kind, patch_size, scan, scan_seed" in str(e.value)
+    assert (
+        "encoder.patchsize: unknown key; valid keys here: kind, patch_size, scan, scan_seed"
+        in str(e.value)
+    )
 
 
 def test_unknown_scan_and_missing_kind() -> None:
@@ -290,9 +325,19 @@ def test_load_recipe_by_path_and_module(monkeypatch: pytest.MonkeyPatch) -> None
         load_recipe("tiny_recipe")
 
 
-def test_cli_bad_override_exits_2_with_message(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+def test_cli_bad_override_exits_2_with_message(
+    capsys: pytest.CaptureFixture[str], tmp_path
+) -> None:
     code = main(["train", TINY_RECIPE, "--out", str(tmp_path / "run"), "--set", "bad.key=1"])
     err = capsys.readouterr().err
     assert code == 2
     assert "unknown config key 'bad.key'" in err and "valid keys: name, seed" in err
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_a_recipe_file_that_fails_to_import_fails_every_time(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_recipe.py"
+    bad.write_text("def tiny():\n    return None\n\nraise RuntimeError('user bug at import')\n")
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="user bug at import"):
+            load_recipe(f"{bad}:tiny")

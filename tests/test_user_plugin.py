@@ -24,7 +24,9 @@ from nepa.train.rundir import read_metrics
 PLUGIN = Path(__file__).resolve().parent / "user_plugins" / "signal_1d.py"
 RECIPE = f"{PLUGIN}:tiny"
 HAPT = Path(os.environ.get("NEPA_DATA_DIR", "/nonexistent")) / "hapt.npz"
-pytestmark = pytest.mark.skipif(not HAPT.is_file(), reason="needs ${NEPA_DATA_DIR}/hapt.npz (real sensor data)")
+pytestmark = pytest.mark.skipif(
+    not HAPT.is_file(), reason="needs ${NEPA_DATA_DIR}/hapt.npz (real sensor data)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_windows_follow_the_protocol(plugin) -> None:
     assert set(test.subjects.tolist()) <= plugin.TEST_SUBJECTS
     assert not set(train.subjects.tolist()) & plugin.TEST_SUBJECTS
     for ds in (train, test):
-        assert ds.labels.dtype == torch.int64 and 0 <= ds.labels.min() and ds.labels.max() <= 5
+        assert ds.labels.dtype == torch.int64 and ds.labels.min() >= 0 and ds.labels.max() <= 5
     # every window lies inside one recording session and has the majority label it claims
     with np.load(HAPT) as f:
         session, label = f["session"], f["label"]
@@ -81,7 +83,9 @@ def test_encoder_emits_one_axis(plugin) -> None:
 
 
 @pytest.mark.slow
-def test_train_and_eval_through_the_cli(plugin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_and_eval_through_the_cli(
+    plugin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = tmp_path / "run"
     assert main(["train", RECIPE, "--out", str(run), "--no-progress"]) == 0
     meta = json.loads((run / "meta.json").read_text())
@@ -89,7 +93,10 @@ def test_train_and_eval_through_the_cli(plugin, tmp_path: Path, monkeypatch: pyt
     assert json.loads((run / "config.json").read_text())["encoder"]["kind"] == "conv1d_patch"
     losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
     assert len(losses) == 10 and all(np.isfinite(losses))
-    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000005.pt", "step_00000010.pt"]
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == [
+        "step_00000005.pt",
+        "step_00000010.pt",
+    ]
     assert (run / "model.safetensors").is_file()
 
     # The predictor really received 1-axis coordinates.
@@ -111,9 +118,14 @@ def test_train_and_eval_through_the_cli(plugin, tmp_path: Path, monkeypatch: pyt
 
     # Evaluation in a fresh process: only meta.json's recipe path can register the plugin.
     out = tmp_path / "knn.json"
-    proc = subprocess.run([sys.executable, "-m", "nepa.cli", "eval", "knn", str(run), "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "nepa.cli", "eval", "knn", str(run), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["n_train"] == 512 and res["n_test"] == 256

@@ -51,7 +51,46 @@ class RotaryND(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, T, H, Dh); cos/sin broadcast to it. Rotate-half convention."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    """x: (B, T, H, Dh); cos/sin broadcast to it. Rotate-half convention:
+    ``x * cos + cat(-x2, x1) * sin`` with ``x1, x2 = x.chunk(2, -1)``, computed in the promoted
+    dtype of (x, cos, sin) and returned in x's dtype."""
+    if cos.requires_grad or sin.requires_grad:  # rare: learnable tables; keep autograd's path
+        x1, x2 = x.chunk(2, dim=-1)
+        return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+    return _RotateHalf.apply(x, cos, sin)
+
+
+class _RotateHalf(torch.autograd.Function):
+    """The same rotation as the chunk/cat formula, in four half-width kernels instead of
+    neg + cat + mul + mul + add, and a backward that is one more rotation (no saved x)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        return _rotate(x, cos, sin, transpose=False).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        g = _rotate(grad, cos, sin, transpose=True)
+        if g.shape != ctx.x_shape:  # x was broadcast against the tables
+            g = g.sum_to_size(ctx.x_shape)
+        return g.to(ctx.x_dtype), None, None
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """With halves x1, x2 (and c1, c2, s1, s2 of the tables):
+    forward   [x1 c1 - x2 s1, x2 c2 + x1 s2]   (= x cos + cat(-x2, x1) sin)
+    transpose [x1 c1 + x2 s2, x2 c2 - x1 s1]   (its adjoint, for the backward)."""
+    h = x.shape[-1] // 2
+    shape = torch.broadcast_shapes(x.shape, cos.shape, sin.shape)
+    dtype = torch.promote_types(torch.promote_types(x.dtype, cos.dtype), sin.dtype)
+    out = torch.empty(shape, dtype=dtype, device=x.device)
+    x1, x2, o1, o2 = x[..., :h], x[..., h:], out[..., :h], out[..., h:]
+    c1, c2, s1, s2 = cos[..., :h], cos[..., h:], sin[..., :h], sin[..., h:]
+    torch.mul(x1, c1, out=o1)
+    o1.addcmul_(x2, s2 if transpose else s1, value=1.0 if transpose else -1.0)
+    torch.mul(x2, c2, out=o2)
+    o2.addcmul_(x1, s1 if transpose else s2, value=-1.0 if transpose else 1.0)
+    return out

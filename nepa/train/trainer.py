@@ -157,6 +157,9 @@ class Trainer:
             batch_sampler=sampler,
             num_workers=t.num_workers,
             pin_memory=self.env.device.type == "cuda",
+            # Its own generator: iterating a DataLoader otherwise draws from the global RNG,
+            # which would shift the model's random stream after a resume.
+            generator=torch.Generator(),
             persistent_workers=t.num_workers > 0,
         )
 
@@ -246,7 +249,7 @@ class Trainer:
             bar.update(1)
             if self.step % t.ckpt_every == 0 or self.step == total or stop_all > 0:
                 self.save()
-            if stop_all > 0:
+            if stop_all > 0 and self.step < total:
                 result.stopped_by = "sigterm"
                 break
         bar.close()

@@ -86,9 +86,13 @@ def test_pool_tokens_by_hand(order: str) -> None:
     # TL = {0,1,4,5} -> 2.5, TR = {2,3,6,7} -> 4.5, BL = {8,9,12,13} -> 10.5, BR -> 12.5
     grid2 = pool_tokens(h, tok, "grid2")
     assert grid2.shape == (1, 4 * 2)
-    torch.testing.assert_close(grid2, torch.tensor([[2.5, -2.5, 4.5, -4.5, 10.5, -10.5, 12.5, -12.5]]))
+    torch.testing.assert_close(
+        grid2, torch.tensor([[2.5, -2.5, 4.5, -4.5, 10.5, -10.5, 12.5, -12.5]])
+    )
     grid4 = pool_tokens(h, tok, "grid4")  # one cell per token, in row-major cell order
-    torch.testing.assert_close(grid4, torch.stack([torch.arange(16.0), -torch.arange(16.0)], -1).reshape(1, -1))
+    torch.testing.assert_close(
+        grid4, torch.stack([torch.arange(16.0), -torch.arange(16.0)], -1).reshape(1, -1)
+    )
 
 
 def test_pool_tokens_1d_and_3d_grids() -> None:
@@ -116,9 +120,15 @@ def test_resolve_layer() -> None:
 @pytest.mark.slow
 def test_knn_eval_of_a_trained_run(tiny_run) -> None:
     cfg, obj = load_run(tiny_run)
-    results = knn_eval(cfg, obj, torch.device("cpu"), layers=[1, -1], pools=["mean", "grid2"],
-                       attns=["causal"])
-    assert [(r["layer"], r["pool"]) for r in results] == [(1, "mean"), (1, "grid2"), (2, "mean"), (2, "grid2")]
+    results = knn_eval(
+        cfg, obj, torch.device("cpu"), layers=[1, -1], pools=["mean", "grid2"], attns=["causal"]
+    )
+    assert [(r["layer"], r["pool"]) for r in results] == [
+        (1, "mean"),
+        (1, "grid2"),
+        (2, "mean"),
+        (2, "grid2"),
+    ]
     for r in results:
         assert r["n_train"] == 256 and r["n_test"] == 128 and r["k"] == 10
         assert 0.2 < r["top1"] <= 1.0  # 10 digit classes: chance is 0.1
@@ -131,8 +141,16 @@ def test_extract_matches_features(tiny_run) -> None:
 
     cfg, obj = load_run(tiny_run)
     ds = build_dataset(cfg.data, split="test", train=False)
-    feats = extract(obj, ds, layers=[2], pools=["mean", "last"], attn="causal",
-                    device=torch.device("cpu"), batch_size=50, limit=70)
+    feats = extract(
+        obj,
+        ds,
+        layers=[2],
+        pools=["mean", "last"],
+        attn="causal",
+        device=torch.device("cpu"),
+        batch_size=50,
+        limit=70,
+    )
     assert feats[(2, "mean")].shape == (70, 32) and feats[(2, "last")].shape == (70, 32)
     x = torch.stack([ds[i][0] for i in range(70)])
     hs, _ = obj.features(x, layers=[2])
@@ -148,5 +166,24 @@ def test_random_init_differs_from_trained(tiny_run) -> None:
     seeded = build_objective(tiny_with())
     for k, v in fresh.state_dict().items():
         torch.testing.assert_close(v, seeded.state_dict()[k], rtol=0, atol=0)
-    assert not torch.equal(fresh.state_dict()["encoder.proj.weight"],
-                           trained.state_dict()["encoder.proj.weight"])
+    assert not torch.equal(
+        fresh.state_dict()["encoder.proj.weight"], trained.state_dict()["encoder.proj.weight"]
+    )
+
+
+def test_a_run_without_exported_weights_loads_its_latest_checkpoint(tiny_run, tmp_path) -> None:
+    """An interrupted run has no model.safetensors: evaluation uses its latest checkpoint."""
+    import shutil
+
+    from nepa.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "model.safetensors").unlink()
+    _, obj = load_run(run)
+    state = load_checkpoint(latest_checkpoint(run / "checkpoints"))["model"]
+    for k, v in obj.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        load_run(run)

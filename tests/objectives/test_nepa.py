@@ -95,7 +95,9 @@ def _encoder_grads(obj: Nepa, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in obj.encoder.named_parameters()}
 
 
-def _path_losses(obj: Nepa, x: torch.Tensor, *, input_path: bool, target_path: bool) -> torch.Tensor:
+def _path_losses(
+    obj: Nepa, x: torch.Tensor, *, input_path: bool, target_path: bool
+) -> torch.Tensor:
     """The NEPA loss with gradient allowed only through the chosen path(s) into the encoder."""
     tok = obj.encoder(x)
     z_in = tok.emb if input_path else tok.emb.detach()
@@ -120,12 +122,16 @@ def test_stop_grad_target_path_receives_no_gradient() -> None:
     obj_nosg.load_state_dict(obj.state_dict())
     without_sg = _encoder_grads(obj_nosg, obj_nosg(x)[0])
     for n in with_sg:
-        torch.testing.assert_close(without_sg[n], input_only[n] + target_only[n], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(
+            without_sg[n], input_only[n] + target_only[n], atol=1e-6, rtol=1e-4
+        )
         assert (without_sg[n] - with_sg[n]).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("stop_grad", [True, False])
-def test_target_is_detached_exactly_when_asked(stop_grad: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_target_is_detached_exactly_when_asked(
+    stop_grad: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen = {}
     original = nepa_mod.prediction_target
 

@@ -15,8 +15,13 @@ from nepa.predictor.transformer import Attention, Predictor
 HAS_XFORMERS_GPU = torch.cuda.is_available() and xformers_available()
 BACKENDS = [
     pytest.param("sdpa", id="sdpa"),
-    pytest.param("xformers", id="xformers", marks=pytest.mark.skipif(
-        not HAS_XFORMERS_GPU, reason="xformers has no CPU kernels: needs CUDA and xformers")),
+    pytest.param(
+        "xformers",
+        id="xformers",
+        marks=pytest.mark.skipif(
+            not HAS_XFORMERS_GPU, reason="xformers has no CPU kernels: needs CUDA and xformers"
+        ),
+    ),
 ]
 
 
@@ -24,14 +29,19 @@ def _device(backend: str) -> torch.device:
     return torch.device("cuda" if backend == "xformers" else "cpu")
 
 
-def _allowed_by_hand(mode: str, T: int, prefix: int, keep: torch.Tensor | None, B: int) -> torch.Tensor:
+def _allowed_by_hand(
+    mode: str, T: int, prefix: int, keep: torch.Tensor | None, B: int
+) -> torch.Tensor:
     """(B, T, T) bool, written from the definitions, not from MaskSpec."""
     allowed = torch.zeros(B, T, T, dtype=torch.bool)
     for b in range(B):
         for i in range(T):
             for j in range(T):
-                ok = (mode == "bidirectional" or j <= i
-                      or (mode == "prefix" and i < prefix and j < prefix))
+                ok = (
+                    mode == "bidirectional"
+                    or j <= i
+                    or (mode == "prefix" and i < prefix and j < prefix)
+                )
                 allowed[b, i, j] = ok and (keep is None or bool(keep[b, j]))
     return allowed
 
@@ -57,11 +67,15 @@ def test_attention_equals_hand_written_reference(backend: str, mode: str, padded
         keep = torch.ones(B, T, dtype=torch.bool)
         keep[0, [2, 6]] = False
         keep[1, 5:] = False  # token 0 stays real, so no query row is fully masked
-    spec = MaskSpec(mode, prefix=P if mode == "prefix" else 0, keep=None if keep is None else keep.to(dev))
+    spec = MaskSpec(
+        mode, prefix=P if mode == "prefix" else 0, keep=None if keep is None else keep.to(dev)
+    )
     out = attention(q.to(dev), k.to(dev), v.to(dev), spec, backend).cpu()
     assert out.shape == (B, T, H, Dh)
     ref = _reference(q, k, v, _allowed_by_hand(mode, T, P, keep, B))
-    torch.testing.assert_close(out.double(), ref, atol=1e-5 if backend == "sdpa" else 2e-3, rtol=1e-4)
+    torch.testing.assert_close(
+        out.double(), ref, atol=1e-5 if backend == "sdpa" else 2e-3, rtol=1e-4
+    )
     # MaskSpec.dense agrees with the definition too
     dense = spec.dense(T, torch.device("cpu") if keep is None else dev)
     if dense is None:
@@ -74,26 +88,37 @@ def test_attention_equals_hand_written_reference(backend: str, mode: str, padded
 def _perturbed_outputs(backend: str, mask: str, prefix_len: int, t: int, keep=None):
     """Outputs (B, T+1, D) of a predictor for an input and for it with token t perturbed."""
     dev = _device(backend)
-    cfg = PredictorConfig(dim=32, depth=2, heads=2, layerscale=None, mask=mask, prefix_len=prefix_len,
-                          attn_backend=backend)
+    cfg = PredictorConfig(
+        dim=32,
+        depth=2,
+        heads=2,
+        layerscale=None,
+        mask=mask,
+        prefix_len=prefix_len,
+        attn_backend=backend,
+    )
     torch.manual_seed(0)
     pred = Predictor(cfg, n_axes=2).eval()
     pred.set_backend(dev)
     grid = (3, 4)
-    coords = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij"), -1).reshape(-1, 2)
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(3), torch.arange(4), indexing="ij"), -1
+    ).reshape(-1, 2)
     emb = torch.randn(2, 12, 32)
     emb2 = emb.clone()
     # Random noise, not a constant: LayerNorm would remove a constant shift.
     emb2[:, t] += torch.randn(2, 32)
     with torch.no_grad():
-        a, b = (pred(e.to(dev), coords.to(dev), grid, None if keep is None else keep.to(dev)).cpu()
-                for e in (emb, emb2))
+        a, b = (
+            pred(e.to(dev), coords.to(dev), grid, None if keep is None else keep.to(dev)).cpu()
+            for e in (emb, emb2)
+        )
     return a, b
 
 
 def _changed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(T+1,) bool: output position changed (in either batch element) beyond round-off."""
-    return ((a - b).abs().amax(dim=(0, 2)) > 1e-4)
+    return (a - b).abs().amax(dim=(0, 2)) > 1e-4
 
 
 def _unchanged(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
+from nepa.predictor.attention import MaskSpec
 from nepa.predictor.config import PredictorConfig
 from nepa.predictor.rope import RotaryND, apply_rotary, normalized_coords
-from nepa.predictor.transformer import LayerScale, Predictor
+from nepa.predictor.transformer import Attention, LayerScale, Predictor
 
 
 def _coords(grid: tuple[int, ...]) -> torch.Tensor:
@@ -22,12 +23,24 @@ def _coords(grid: tuple[int, ...]) -> torch.Tensor:
 COMBOS = list(itertools.product(["swiglu", "gelu"], [True, False], [1e-5, None], [True, False]))
 
 
-@pytest.mark.parametrize("mlp,qk_norm,layerscale,rope", COMBOS,
-                         ids=[f"{m}-qk{int(q)}-ls{int(bool(s))}-rope{int(r)}" for m, q, s, r in COMBOS])
-def test_gradient_reaches_every_parameter(mlp: str, qk_norm: bool, layerscale: float | None,
-                                          rope: bool) -> None:
-    cfg = PredictorConfig(dim=32, depth=2, heads=2, mlp=mlp, qk_norm=qk_norm, layerscale=layerscale,
-                          rope=rope, attn_backend="sdpa")
+@pytest.mark.parametrize(
+    "mlp,qk_norm,layerscale,rope",
+    COMBOS,
+    ids=[f"{m}-qk{int(q)}-ls{int(bool(s))}-rope{int(r)}" for m, q, s, r in COMBOS],
+)
+def test_gradient_reaches_every_parameter(
+    mlp: str, qk_norm: bool, layerscale: float | None, rope: bool
+) -> None:
+    cfg = PredictorConfig(
+        dim=32,
+        depth=2,
+        heads=2,
+        mlp=mlp,
+        qk_norm=qk_norm,
+        layerscale=layerscale,
+        rope=rope,
+        attn_backend="sdpa",
+    )
     torch.manual_seed(0)
     pred = Predictor(cfg, n_axes=2)
     grid = (3, 4)
@@ -123,6 +136,24 @@ def test_rope_is_relative(n_axes: int) -> None:
     assert (base - q[0, :, 0] @ k[0, :, 0].T).abs().max() > 1e-2
 
 
+def test_attention_layer_is_shift_invariant_with_rope() -> None:
+    """The wiring: an attention layer fed RoPE tables of shifted coordinates gives the same
+    output (q and k both rotated); with RoPE on q alone it would not."""
+    cfg = PredictorConfig(dim=32, depth=1, heads=2)
+    torch.manual_seed(0)
+    attn = Attention(cfg)
+    rope = RotaryND(cfg.head_dim, 2)
+    grid = (32, 32)
+    cells = torch.randint(0, 24, (10, 2))
+    x = torch.randn(2, 10, 32)
+    spec = MaskSpec("causal")
+    a = attn(x, rope.tables(normalized_coords(cells, grid)), spec)
+    b = attn(x, rope.tables(normalized_coords(cells + torch.tensor([5, 3]), grid)), spec)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    c = attn(x, rope.tables(normalized_coords(cells.flip(0), grid)), spec)
+    assert (a - c).abs().max() > 1e-3  # other relative positions: other outputs
+
+
 def test_rope_axes_rotate_their_own_channel_blocks() -> None:
     """Axis a rotates channel pairs (a*F + i, Dh/2 + a*F + i), i < F = Dh / (2A)."""
     rope = RotaryND(head_dim=16, n_axes=2, theta=100.0)
@@ -145,7 +176,7 @@ def test_rope_axes_rotate_their_own_channel_blocks() -> None:
 def test_rope_frequencies() -> None:
     """Per axis F = Dh/(2A) periods theta ** (2i / (Dh/A)); angle = 2 pi pos / period."""
     rope = RotaryND(head_dim=8, n_axes=1, theta=100.0)
-    torch.testing.assert_close(rope.periods, torch.tensor([1.0, 100.0 ** 0.25, 10.0, 100.0 ** 0.75]))
+    torch.testing.assert_close(rope.periods, torch.tensor([1.0, 100.0**0.25, 10.0, 100.0**0.75]))
     cos, sin = rope.tables(torch.tensor([[0.25]]))
     angles = 2 * math.pi * 0.25 / rope.periods
     torch.testing.assert_close(cos[0, 0], torch.cat([angles, angles]).cos())
@@ -191,7 +222,10 @@ def test_start_token_gets_identity_rotation() -> None:
     torch.testing.assert_close(cos[1:], ref_cos, rtol=0, atol=0)
     torch.testing.assert_close(sin[1:], ref_sin, rtol=0, atol=0)
     assert pred.rope_tables(coords, grid) is not None
-    assert Predictor(cfg.model_copy(update={"rope": False}), n_axes=2).rope_tables(coords, grid) is None
+    assert (
+        Predictor(cfg.model_copy(update={"rope": False}), n_axes=2).rope_tables(coords, grid)
+        is None
+    )
 
 
 def test_token_coordinates_matter_only_through_rope() -> None:

@@ -23,8 +23,13 @@ from nepa.train.checkpoint import (
 
 
 def _state(step: int) -> dict:
-    return {"model": {"w": torch.full((2, 2), float(step))}, "optimizer": {}, "step": step,
-            "rng": rng_state(), "config": {"seed": 0}}
+    return {
+        "model": {"w": torch.full((2, 2), float(step))},
+        "optimizer": {},
+        "step": step,
+        "rng": rng_state(),
+        "config": {"seed": 0},
+    }
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
@@ -39,8 +44,11 @@ def test_keep_prunes_oldest_and_orders_numerically(tmp_path: Path) -> None:
     d = tmp_path / "ckpts"
     for step in (1, 2, 10, 9, 100):
         save_checkpoint(d, step, _state(step), keep=3)
-    assert [p.name for p in list_checkpoints(d)] == ["step_00000009.pt", "step_00000010.pt",
-                                                     "step_00000100.pt"]
+    assert [p.name for p in list_checkpoints(d)] == [
+        "step_00000009.pt",
+        "step_00000010.pt",
+        "step_00000100.pt",
+    ]
     # numbers, not strings, decide the order (a hand-named file without padding)
     (d / "step_99.pt").write_bytes((d / "step_00000009.pt").read_bytes())
     assert latest_checkpoint(d).name == "step_00000100.pt"
@@ -50,8 +58,9 @@ def test_keep_prunes_oldest_and_orders_numerically(tmp_path: Path) -> None:
     assert latest_checkpoint(d).name == "step_00000100.pt"
 
 
-def test_interrupted_write_leaves_previous_checkpoint_intact(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_write_leaves_previous_checkpoint_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d = tmp_path / "ckpts"
     save_checkpoint(d, 1, _state(1), keep=2)
 

@@ -48,8 +48,20 @@ def test_two_processes_equal_one_at_the_same_global_batch(tmp_path: Path) -> Non
     steps = ["--set", "train.steps=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = tmp_path / "ddp"
-    cmd = [str(TORCHRUN), "--nproc_per_node", "2", "--standalone", "-m", "nepa.cli",
-           "train", TINY_RECIPE, "--out", str(ddp), "--no-progress", *steps]
+    cmd = [
+        str(TORCHRUN),
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        "-m",
+        "nepa.cli",
+        "train",
+        TINY_RECIPE,
+        "--out",
+        str(ddp),
+        "--no-progress",
+        *steps,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     single = train(tiny_with("train.steps=4"), tmp_path / "single", progress=False)
@@ -59,7 +71,10 @@ def test_two_processes_equal_one_at_the_same_global_batch(tmp_path: Path) -> Non
     ddp_losses = [r["loss"] for r in read_metrics(ddp) if "loss" in r]
     assert len(ddp_losses) == 4  # rank 0 alone writes the metrics
     assert ddp_losses == pytest.approx(single.losses, rel=1e-5, abs=1e-6)
-    a, b = load_file(str(ddp / "model.safetensors")), load_file(str(tmp_path / "single" / "model.safetensors"))
+    a, b = (
+        load_file(str(ddp / "model.safetensors")),
+        load_file(str(tmp_path / "single" / "model.safetensors")),
+    )
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)

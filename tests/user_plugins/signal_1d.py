@@ -73,10 +73,19 @@ def _windows(path: str, length: int, stride: int) -> dict[str, np.ndarray]:
     major = values[counts.argmax(1)]
     keep = (major >= 1) & (major <= 6)
     if (~keep).any():
-        log.info("toy_signal_1d: skipped %d of %d windows (majority not in 1..6)", (~keep).sum(), len(keep))
+        log.info(
+            "toy_signal_1d: skipped %d of %d windows (majority not in 1..6)",
+            (~keep).sum(),
+            len(keep),
+        )
     starts, major = starts[keep], major[keep]
-    return {"signals": signals, "starts": starts, "labels": (major - 1).astype(np.int64),
-            "subject": user[starts].astype(np.int64), "session": session[starts].astype(np.int64)}
+    return {
+        "signals": signals,
+        "starts": starts,
+        "labels": (major - 1).astype(np.int64),
+        "subject": user[starts].astype(np.int64),
+        "session": session[starts].astype(np.int64),
+    }
 
 
 class SignalWindows(Dataset):
@@ -115,7 +124,8 @@ class SignalWindows(Dataset):
         x = (self.signals[s : s + self.cfg.length] - self.mean) / self.std  # (L, C)
         if self.train and aug_seed is not None and self.cfg.noise:
             x = x + self.cfg.noise * np.random.default_rng(int(aug_seed)).standard_normal(x.shape)
-        return torch.from_numpy(np.ascontiguousarray(x.T, dtype=np.float32)), int(self.labels[index])
+        x_CL = torch.from_numpy(np.ascontiguousarray(x.T, dtype=np.float32))
+        return x_CL, int(self.labels[index])
 
 
 @DATASETS.register("toy_signal_1d", config=Signal1dConfig)
@@ -133,7 +143,9 @@ class Conv1dPatchConfig(EncoderConfig):
 
     def check_input(self, sample_shape: tuple[int, ...]) -> None:
         if len(sample_shape) != 2:
-            raise ValueError(f"encoder 'conv1d_patch' needs (C, L) samples, the data gives {sample_shape}")
+            raise ValueError(
+                f"encoder 'conv1d_patch' needs (C, L) samples, the data gives {sample_shape}"
+            )
         if sample_shape[1] % self.patch_size:
             raise ValueError(
                 f"signal length {sample_shape[1]} is not divisible by encoder.patch_size={self.patch_size}"
@@ -175,7 +187,8 @@ def tiny() -> RunConfig:
         predictor=PredictorConfig(dim=32, depth=2, heads=2, attn_backend="sdpa"),
         objective=NepaConfig(monitor_every=5),
         optim=OptimConfig(lr=2e-3, warmup=2),
-        train=TrainConfig(steps=10, batch_size=32, precision="fp32", device="cpu", log_every=1,
-                          ckpt_every=5),
+        train=TrainConfig(
+            steps=10, batch_size=32, precision="fp32", device="cpu", log_every=1, ckpt_every=5
+        ),
         eval=EvalConfig(k=10, max_train=512, max_test=256, batch_size=256),
     )
