@@ -161,6 +161,21 @@ def import_file(path: str | Path) -> Any:
     return module
 
 
+def _import_module(target: str) -> tuple[Any, bool]:
+    """Import ``target``; like ``python -m``, also look in the working directory (a console
+    script's sys.path does not hold it). Returns (module, found only via the working dir)."""
+    try:
+        return importlib.import_module(target), False
+    except ModuleNotFoundError as e:
+        if e.name is None or not target.startswith(e.name) or os.getcwd() in sys.path:
+            raise ConfigError(f"cannot import recipe module {target!r}: {e}") from None
+    sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(target), True
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"cannot import recipe module {target!r}: {e}") from None
+
+
 def resolve_recipe(spec: str) -> tuple[Any, str, str]:
     """'recipes/cifar10.py:small' or 'recipes.cifar10:small' -> (module, function name, canonical spec)."""
     target, sep, func = spec.rpartition(":")
@@ -172,18 +187,10 @@ def resolve_recipe(spec: str) -> tuple[Any, str, str]:
         module = import_file(target)
         canonical = f"{Path(target).resolve()}:{func}"
     else:
-        # Like `python -m`, let a console-script user name a module in the working directory.
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as e:
-            raise ConfigError(f"cannot import recipe module {target!r}: {e}") from None
-        file = getattr(module, "__file__", None)
-        # A module found through the working directory is recorded by path, so that
+        module, local = _import_module(target)
+        # A module found only through the working directory is recorded by path, so that
         # `nepa eval` finds it again from any directory.
-        local = file is not None and Path(file).resolve().is_relative_to(Path.cwd().resolve())
-        canonical = f"{Path(file).resolve()}:{func}" if local else spec
+        canonical = f"{Path(module.__file__).resolve()}:{func}" if local else spec
     if not callable(getattr(module, func, None)):
         public = [
             n
