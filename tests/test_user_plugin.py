@@ -129,5 +129,6 @@ def test_train_and_eval_through_the_cli(
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["n_train"] == 512 and res["n_test"] == 256
-    assert res["layer"] == 2 and res["pool"] == "mean" and res["attn"] == "causal"
+    # defaults: the penultimate of 2 blocks, grid2 (two halves of the 1-D grid), causal
+    assert res["layer"] == 1 and res["pool"] == "grid2" and res["attn"] == "causal"
     assert 1 / 6 < res["top1"] <= 1.0  # six activities; kNN on such windows is far above chance

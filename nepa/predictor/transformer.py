@@ -31,6 +31,10 @@ class DropPath(nn.Module):
         keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.p)
         return x * keep / (1 - self.p)
 
+    @property
+    def active(self) -> bool:
+        return self.p > 0.0 and self.training
+
 
 class LayerScale(nn.Module):
     def __init__(self, dim: int, init: float) -> None:
@@ -58,6 +62,9 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        # Under CUDA autocast the LayerNorms return fp32 while v is bf16; kernels that do not
+        # autocast (xformers) want one dtype. A no-op whenever the dtypes already agree.
+        q, k = q.to(v.dtype), k.to(v.dtype)
         out = attention(q, k, v, mask, self.backend)
         return self.proj(out.reshape(B, T, D))
 
@@ -92,8 +99,14 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x, rope, mask: MaskSpec) -> torch.Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope, mask)))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        x = self._residual(x, self.attn(self.norm1(x), rope, mask), self.ls1)
+        return self._residual(x, self.mlp(self.norm2(x)), self.ls2)
+
+    def _residual(self, x: torch.Tensor, y: torch.Tensor, ls: nn.Module) -> torch.Tensor:
+        """x + drop_path(ls(y)); without drop-path, LayerScale and the add are one kernel."""
+        if isinstance(ls, LayerScale) and not self.drop_path.active:
+            return torch.addcmul(x, y, ls.gamma)
+        return x + self.drop_path(ls(y))
 
 
 class Predictor(nn.Module):
