@@ -14,6 +14,18 @@ import sys
 SUBCOMMANDS = ["train", "eval", "scans", "demo", "bench"]
 
 
+def add_overrides(p: argparse.ArgumentParser, example: str) -> None:
+    """The ``--set KEY=VALUE`` option shared by subcommands (repeatable; re-validated)."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value (repeatable), e.g. {example}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nepa", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from nepa.cli import add_overrides
+
 log = logging.getLogger("nepa.demo")
 
 
@@ -28,14 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/demo-<time>)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the demo recipe (nepa.demo_recipe:demo), e.g. --set train.steps=100",
-    )
+    add_overrides(p, "--set train.steps=100")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from nepa.cli import add_overrides
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a run's frozen features")
@@ -21,14 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="MODULE_OR_FILE:FUNCTION",
         help="take the data config from this recipe instead of the run's",
     )
-    k.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override eval.* or data.* keys, e.g. --set eval.layer=2 --set eval.pool=grid2",
-    )
+    add_overrides(k, "--set eval.layer=2 (only eval.* and data.*)")
     k.add_argument(
         "--random-init", action="store_true", help="the same architecture at its seeded random init"
     )

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from nepa.cli import add_overrides
+
 log = logging.getLogger("nepa")
 
 
@@ -18,14 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "recipe",
         help="MODULE_OR_FILE:FUNCTION returning a nepa.RunConfig, e.g. recipes/cifar10.py:small",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable), e.g. --set optim.lr=3e-4",
-    )
+    add_overrides(p, "--set optim.lr=3e-4")
     p.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/<name>-<time>)"
     )
