@@ -71,7 +71,9 @@ def resolve_backend(requested: Backend, device: torch.device) -> ResolvedBackend
                 "no CPU kernels; use 'sdpa' or 'auto'"
             )
         if not has_x:
-            raise RuntimeError("attention backend 'xformers' was requested but xformers is not installed")
+            raise RuntimeError(
+                "attention backend 'xformers' was requested but xformers is not installed"
+            )
         return ResolvedBackend("xformers", "requested")
     if requested != "auto":
         raise ValueError(f"unknown attention backend {requested!r}; valid: auto, xformers, sdpa")
@@ -83,7 +85,12 @@ def resolve_backend(requested: Backend, device: torch.device) -> ResolvedBackend
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, backend: str, dropout_p: float = 0.0
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: MaskSpec,
+    backend: str,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Scaled dot-product attention. q, k, v: (B, T, H, Dh) -> (B, T, H, Dh)."""
     if backend == "xformers":
@@ -97,7 +104,9 @@ def _sdpa(q, k, v, mask: MaskSpec, dropout_p: float) -> torch.Tensor:
     if mask.mode == "causal" and mask.keep is None:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(T, q.device), dropout_p=dropout_p)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.dense(T, q.device), dropout_p=dropout_p
+        )
     return out.transpose(1, 2)
 
 
@@ -113,6 +122,8 @@ def _xformers(q, k, v, mask: MaskSpec, dropout_p: float) -> torch.Tensor:
         allowed = mask.dense(T, q.device).expand(q.shape[0], q.shape[2], T, T)
         # xformers wants an additive bias whose last dim is 8-aligned in memory: pad, then slice.
         pad = (-T) % 8
-        bias = torch.zeros(q.shape[0], q.shape[2], T, T + pad, dtype=q.dtype, device=q.device)[..., :T]
+        bias = torch.zeros(q.shape[0], q.shape[2], T, T + pad, dtype=q.dtype, device=q.device)[
+            ..., :T
+        ]
         bias.masked_fill_(~allowed, float("-inf"))
     return xops.memory_efficient_attention(q, k, v, attn_bias=bias, p=dropout_p)

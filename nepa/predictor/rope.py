@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def normalized_coords(coords_TA: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
@@ -22,8 +23,13 @@ def normalized_coords(coords_TA: torch.Tensor, grid: tuple[int, ...]) -> torch.T
 class RotaryND(nn.Module):
     """Computes (cos, sin) tables for tokens at given coordinates and applies them to q/k."""
 
-    def __init__(self, head_dim: int, n_axes: int, theta: float = 100.0,
-                 rescale: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        n_axes: int,
+        theta: float = 100.0,
+        rescale: tuple[float, float] | None = None,
+    ) -> None:
         super().__init__()
         if head_dim % (2 * n_axes):
             raise ValueError(
@@ -36,13 +42,26 @@ class RotaryND(nn.Module):
         periods = theta ** (2 * torch.arange(n_freq, dtype=torch.float32) / self.per_axis)
         self.register_buffer("periods", periods, persistent=False)
         self.rescale = rescale
+        self._step_scale: float | None = None  # set once per optimizer step by set_step_seed
+
+    def set_step_seed(self, seed: int) -> None:
+        """Fix this optimizer step's coordinate scale from ``seed`` (the trainer derives it
+        from the run seed and the step): every micro-batch, rank and resumed run of a step
+        then uses the same scale."""
+        if self.rescale is not None:
+            self._step_scale = self._draw_scale(torch.Generator().manual_seed(seed))
+
+    def _draw_scale(self, generator: torch.Generator | None = None) -> float:
+        lo, hi = self.rescale  # type: ignore[misc]
+        u = torch.empty(()).uniform_(math.log(lo), math.log(hi), generator=generator)
+        return math.exp(u.item())
 
     def tables(self, pos_TA: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pos_TA: (T, A) or (B, T, A) float coordinates -> cos, sin of shape (..., T, 1, Dh)."""
         if self.training and self.rescale is not None:
-            lo, hi = self.rescale
-            # One log-uniform scale per step, like the reference's train-time coordinate jitter.
-            s = math.exp(torch.empty(()).uniform_(math.log(lo), math.log(hi)).item())
+            # One log-uniform scale per step, like the reference's train-time coordinate jitter;
+            # outside the trainer (no step seed) a fresh one per call from the global RNG.
+            s = self._step_scale if self._step_scale is not None else self._draw_scale()
             pos_TA = pos_TA * s
         angles = 2 * math.pi * pos_TA[..., None] / self.periods  # (..., T, A, F)
         angles = angles.flatten(-2)  # (..., T, A*F): axis-major blocks
@@ -71,6 +90,7 @@ class _RotateHalf(torch.autograd.Function):
         return _rotate(x, cos, sin, transpose=False).to(x.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         cos, sin = ctx.saved_tensors
         g = _rotate(grad, cos, sin, transpose=True)

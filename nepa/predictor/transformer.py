@@ -12,6 +12,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from nepa.predictor.attention import MaskSpec, ResolvedBackend, attention, resolve_backend
 from nepa.predictor.config import PredictorConfig
@@ -55,8 +56,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.backend = "sdpa"  # set by Predictor.set_backend
 
-    def forward(self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                mask: MaskSpec) -> torch.Tensor:
+    def forward(
+        self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: MaskSpec
+    ) -> torch.Tensor:
         B, T, D = x_BTD.shape
         q, k, v = self.qkv(x_BTD).view(B, T, 3, self.heads, self.head_dim).unbind(2)  # (B,T,H,Dh)
         q, k = self.q_norm(q), self.k_norm(k)
@@ -79,12 +81,32 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
-        if self.gated:
-            a, g = h.chunk(2, dim=-1)
-            h = F.silu(g) * a
-        else:
-            h = F.gelu(h)
-        return self.fc2(h)
+        return self.fc2(_SwiGLU.apply(h) if self.gated else F.gelu(h))
+
+
+class _SwiGLU(torch.autograd.Function):
+    """``silu(g) * a`` with ``a, g = h.chunk(2, -1)``. Autograd's chunk would return two half
+    gradients and concatenate them; this backward writes both halves of one buffer instead."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        a, g = h.chunk(2, dim=-1)
+        s = F.silu(g)
+        ctx.save_for_backward(h, s)
+        return s * a
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        h, s = ctx.saved_tensors
+        a, g = h.chunk(2, dim=-1)
+        grad_h = torch.empty(
+            h.shape, dtype=torch.promote_types(grad.dtype, h.dtype), device=h.device
+        )
+        grad_a, grad_g = grad_h.chunk(2, dim=-1)
+        torch.mul(grad, s, out=grad_a)
+        torch.ops.aten.silu_backward.grad_input(grad * a, g, grad_input=grad_g)
+        return grad_h
 
 
 class Block(nn.Module):
@@ -122,7 +144,9 @@ class Predictor(nn.Module):
         dpr = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(Block(cfg, p) for p in dpr)
         self.norm = nn.LayerNorm(cfg.dim)
-        self.rope = RotaryND(cfg.head_dim, n_axes, cfg.rope_theta, cfg.rope_rescale) if cfg.rope else None
+        self.rope = (
+            RotaryND(cfg.head_dim, n_axes, cfg.rope_theta, cfg.rope_rescale) if cfg.rope else None
+        )
         self.resolved: ResolvedBackend = ResolvedBackend("sdpa", "default before set_backend")
         self._init_weights()
 
@@ -160,12 +184,20 @@ class Predictor(nn.Module):
         sin = F.pad(sin, (0, 0, 0, 0, 1, 0), value=0.0)
         return cos, sin
 
-    def forward(self, emb_BTD: torch.Tensor, coords_TA: torch.Tensor, grid: tuple[int, ...],
-                keep_BT: torch.Tensor | None = None, mask_mode: str | None = None,
-                return_layers: list[int] | None = None):
+    def forward(
+        self,
+        emb_BTD: torch.Tensor,
+        coords_TA: torch.Tensor,
+        grid: tuple[int, ...],
+        keep_BT: torch.Tensor | None = None,
+        mask_mode: str | None = None,
+        return_layers: list[int] | None = None,
+    ):
         """Returns (B, T+1, D) final-normed outputs, or with ``return_layers`` a list of the
         final-normed outputs after each requested block (1-based; ``depth`` = the last)."""
-        x = torch.cat([self.start_token.expand(emb_BTD.shape[0], -1, -1).to(emb_BTD.dtype), emb_BTD], dim=1)
+        x = torch.cat(
+            [self.start_token.expand(emb_BTD.shape[0], -1, -1).to(emb_BTD.dtype), emb_BTD], dim=1
+        )
         rope = self.rope_tables(coords_TA, grid)
         mask = self.mask_spec(keep_BT, mask_mode)
         wanted = set(return_layers or [])

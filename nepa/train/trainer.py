@@ -210,6 +210,7 @@ class Trainer:
             lr = lr_at(self.step, self.cfg.optim, total)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            self._seed_step()
             loss, n, ntok = self._accumulate(batches)
             stop = float(self._stop_requested)
             loss_all, stop_all = all_reduce(
@@ -257,6 +258,16 @@ class Trainer:
         if result.stopped_by == "completed" and self.env.is_main:
             export_weights(self.objective, self.run_dir.path)
         return result
+
+    def _seed_step(self) -> None:
+        """Per-step randomness that must not depend on micro-batching, ranks or resumes (e.g.
+        RoPE's coordinate rescale) comes from modules' ``set_step_seed(seed)`` hooks, given a
+        seed that is a pure function of (run seed, step)."""
+        seed = (self.cfg.seed * 1_000_003 + self.step) % (2**63)
+        for m in self.objective.modules():
+            hook = getattr(m, "set_step_seed", None)
+            if callable(hook):
+                hook(seed)
 
     def _accumulate(self, batches) -> tuple[torch.Tensor, int, float]:
         """Forward/backward over ``accum`` micro-batches; returns (mean loss, samples, tokens)."""

@@ -241,16 +241,6 @@ def test_accumulation_2x8_equals_1x16(baseline, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: with predictor.rope_rescale set, RotaryND.tables (nepa/predictor/rope.py) draws a "
-        "new scale on every forward, i.e. per micro-batch: accum=2 trains with two scales per "
-        "step where accum=1 uses one, so 2x(B/2) != 1xB. Fix: draw one scale per optimizer step "
-        "(e.g. from a generator seeded by (seed, step) that the trainer sets on the predictor), "
-        "or per sample from its aug_seed."
-    ),
-)
 def test_accumulation_invariance_with_rope_rescale(tmp_path: Path) -> None:
     # layerscale off: with gammas of 1e-5 the attention (and so RoPE) barely moves the loss
     over = ["predictor.rope_rescale=[0.5, 2.0]", "predictor.layerscale=null", "train.steps=3"]

@@ -1,0 +1,97 @@
+"""``nepa bench``: benchmarks of this machine and of the predictor.
+
+nepa bench step [--dim 384 --depth 12 --heads 6 --tokens 256 --batch B
+                 --precision fp32,bf16 --steps N --warmup W --device auto|cpu|cuda
+                 --threads N --json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` with its ``step`` subcommand."""
+    parser = subparsers.add_parser(
+        "bench", help="time a training step against timm and the machine"
+    )
+    sub = parser.add_subparsers(dest="bench_command")
+    parser.set_defaults(func=lambda args: _usage(parser))
+
+    step = sub.add_parser(
+        "step",
+        help="time forward+backward+AdamW of the predictor (matched, full) and timm's ViT blocks",
+        description="Per precision: the square-matmul rate of this machine, then a training step of "
+        "timm's ViT blocks, the predictor shaped like them ('matched') and the NEPA block ('full'), "
+        "timed in interleaved rounds. Defaults keep a 2-core CPU run under ~3 minutes.",
+    )
+    step.add_argument("--dim", type=int, default=384)
+    step.add_argument("--depth", type=int, default=12)
+    step.add_argument("--heads", type=int, default=6)
+    step.add_argument("--tokens", type=int, default=256, help="T input tokens (plus 1 start token)")
+    step.add_argument(
+        "--batch", type=int, help="default: 8 on CPU (1 for bf16 without native bf16), 64 on CUDA"
+    )
+    step.add_argument(
+        "--precision", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)"
+    )
+    step.add_argument(
+        "--steps", type=int, help="timed steps per model (default: 4 CPU, 2 CPU-bf16, 20 CUDA)"
+    )
+    step.add_argument(
+        "--warmup", type=int, help="untimed steps per model first (default: 1 CPU, 5 CUDA)"
+    )
+    step.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    step.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    step.add_argument(
+        "--matmul-size", type=int, help="square matmul size (default: 2048 CPU, 8192 CUDA)"
+    )
+    step.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write every figure and machine info here"
+    )
+    step.set_defaults(func=_step)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _step(args: argparse.Namespace) -> int:
+    import torch
+
+    from nepa.bench.step import StepBenchConfig, check_config, format_report, run_step_bench
+
+    if args.threads is not None:
+        if args.threads < 1:
+            print(
+                f"nepa bench step: error: --threads must be >= 1, got {args.threads}",
+                file=sys.stderr,
+            )
+            return 2
+        torch.set_num_threads(args.threads)
+    cfg = StepBenchConfig(
+        dim=args.dim,
+        depth=args.depth,
+        heads=args.heads,
+        tokens=args.tokens,
+        batch=args.batch,
+        precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        matmul_size=args.matmul_size,
+    )
+    try:
+        check_config(cfg)
+    except ValueError as e:  # bad sizes, unknown precision, no CUDA: the user's to fix
+        print(f"nepa bench step: error: {e}", file=sys.stderr)
+        return 2
+    result = run_step_bench(cfg)
+    print(format_report(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
