@@ -21,6 +21,6 @@ def demo() -> RunConfig:
         predictor=PredictorConfig(dim=128, depth=4, heads=4, layerscale=None),
         objective=NepaConfig(monitor_every=50),
         optim=OptimConfig(lr=2e-3, warmup=0.05),
-        train=TrainConfig(steps=250, batch_size=64, precision="auto", log_every=10, ckpt_every=100),
+        train=TrainConfig(steps=400, batch_size=64, precision="auto", log_every=10, ckpt_every=100),
         eval=EvalConfig(max_train=5000, max_test=2000),
     )

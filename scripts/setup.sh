@@ -21,6 +21,11 @@ if [ ! -f "$venv/.complete" ]; then
 else
     echo "setup: reusing $venv" >&2
 fi
-"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "^\s*$" >&2 || true
+log=$(mktemp)
+if ! "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >"$log" 2>&1; then
+    cat "$log" >&2
+    exit 1
+fi
+rm -f "$log"
 ln -sfn "$venv" .venv
 "$venv/bin/python" -c "import nepa; print('setup: nepa', nepa.__version__, 'ready in .venv')" >&2
