@@ -45,13 +45,10 @@ def extract(
     attn: str,
     device: torch.device,
     batch_size: int = 256,
-    limit: int | None = None,
     bf16: bool = False,
 ) -> dict[tuple[int, str], torch.Tensor]:
     """Features for every (layer, pool) in one pass over ``dataset`` (eval transform)."""
     objective.eval()
-    if limit is not None and limit < len(dataset):
-        dataset = Subset(dataset, range(limit))
     out: dict[tuple[int, str], list[torch.Tensor]] = {(l, p): [] for l in layers for p in pools}
     for x, _ in DataLoader(dataset, batch_size=batch_size):
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
@@ -62,6 +59,14 @@ def extract(
     return {key: torch.cat(v) for key, v in out.items()}
 
 
-def labels_of(dataset: Dataset, limit: int | None) -> torch.Tensor:
-    y = dataset.labels
-    return y[:limit] if limit is not None else y
+def eval_subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:
+    """At most ``limit`` items, drawn at random with a fixed seed (datasets are often stored
+    class by class, so the first N would all be one class); in ascending index order."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset), generator=g)[:limit].sort().values
+    subset = Subset(dataset, idx.tolist())
+    subset.labels = dataset.labels[idx]  # type: ignore[attr-defined]
+    subset.num_classes = dataset.num_classes  # type: ignore[attr-defined]
+    return subset

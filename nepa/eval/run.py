@@ -8,10 +8,19 @@ import torch
 
 from nepa.config import RunConfig
 from nepa.data.base import build_dataset
-from nepa.eval.features import extract, labels_of
+from nepa.eval.features import eval_subset, extract
 from nepa.eval.knn import knn_top1
 from nepa.objectives.base import Objective
 from nepa.train.build import resolve_precision
+
+
+def eval_splits(cfg: RunConfig):
+    """The memory bank (train split) and the queries (test split), eval transform, each a
+    seeded random subset of at most ``eval.max_train`` / ``eval.max_test`` items."""
+    e = cfg.eval
+    train_ds = build_dataset(cfg.data, split="train", train=False)
+    test_ds = build_dataset(cfg.data, split="test", train=False)
+    return eval_subset(train_ds, e.max_train), eval_subset(test_ds, e.max_test, seed=1)
 
 
 def resolve_layer(layer: int, depth: int) -> int:
@@ -38,9 +47,8 @@ def knn_eval(
     layers = [resolve_layer(l, depth) for l in (layers or [e.layer])]
     pools = pools or [e.pool]
     attns = attns or [e.attn]
-    train_ds = build_dataset(cfg.data, split="train", train=False)
-    test_ds = build_dataset(cfg.data, split="test", train=False)
-    ytr, yte = labels_of(train_ds, e.max_train), labels_of(test_ds, e.max_test)
+    train_ds, test_ds = eval_splits(cfg)
+    ytr, yte = train_ds.labels, test_ds.labels
     objective.to(device)
     bf16, _ = resolve_precision(cfg.train.precision, device)
     results = []
@@ -49,8 +57,8 @@ def knn_eval(
         kw = dict(
             layers=layers, pools=pools, attn=attn, device=device, batch_size=e.batch_size, bf16=bf16
         )
-        ftr = extract(objective, train_ds, limit=e.max_train, **kw)
-        fte = extract(objective, test_ds, limit=e.max_test, **kw)
+        ftr = extract(objective, train_ds, **kw)
+        fte = extract(objective, test_ds, **kw)
         for layer in layers:
             for pool in pools:
                 top1 = knn_top1(
@@ -82,9 +90,8 @@ def knn_eval(
 def raw_pixel_knn(cfg: RunConfig) -> dict:
     """The floor every learned feature should be compared with: kNN on centred raw inputs."""
     e = cfg.eval
-    train_ds = build_dataset(cfg.data, split="train", train=False)
-    test_ds = build_dataset(cfg.data, split="test", train=False)
-    ytr, yte = labels_of(train_ds, e.max_train), labels_of(test_ds, e.max_test)
+    train_ds, test_ds = eval_splits(cfg)
+    ytr, yte = train_ds.labels, test_ds.labels
     xtr = torch.stack([train_ds[i][0].flatten() for i in range(len(ytr))])
     xte = torch.stack([test_ds[i][0].flatten() for i in range(len(yte))])
     mean = xtr.mean(0)

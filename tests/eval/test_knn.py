@@ -9,7 +9,7 @@ import torch
 from tiny_recipe import tiny_with
 
 from nepa.encoders.scans import scan_coords
-from nepa.eval.features import extract, pool_tokens
+from nepa.eval.features import eval_subset, extract, pool_tokens
 from nepa.eval.knn import knn_predict, knn_top1
 from nepa.eval.load import load_run
 from nepa.eval.run import knn_eval, raw_pixel_knn, resolve_layer
@@ -140,7 +140,7 @@ def test_extract_matches_features(tiny_run) -> None:
     from nepa.data.base import build_dataset
 
     cfg, obj = load_run(tiny_run)
-    ds = build_dataset(cfg.data, split="test", train=False)
+    ds = eval_subset(build_dataset(cfg.data, split="test", train=False), 70)
     feats = extract(
         obj,
         ds,
@@ -149,7 +149,6 @@ def test_extract_matches_features(tiny_run) -> None:
         attn="causal",
         device=torch.device("cpu"),
         batch_size=50,
-        limit=70,
     )
     assert feats[(2, "mean")].shape == (70, 32) and feats[(2, "last")].shape == (70, 32)
     x = torch.stack([ds[i][0] for i in range(70)])
@@ -187,3 +186,31 @@ def test_a_run_without_exported_weights_loads_its_latest_checkpoint(tiny_run, tm
     shutil.rmtree(run / "checkpoints")
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         load_run(run)
+
+
+class _ClassSorted(torch.utils.data.Dataset):
+    """Stored class by class, like an ImageFolder archive: the first items are all class 0."""
+
+    num_classes = 4
+
+    def __init__(self) -> None:
+        self.labels = torch.arange(4).repeat_interleave(50)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return torch.full((1,), float(i)), int(self.labels[i])
+
+
+def test_eval_subset_is_a_seeded_random_draw_not_the_first_items() -> None:
+    ds = _ClassSorted()
+    sub = eval_subset(ds, 40)
+    assert len(sub) == 40 and sub.num_classes == 4
+    assert len(torch.unique(sub.labels)) == 4  # the first 40 would all be class 0
+    assert [sub[i][1] for i in range(40)] == sub.labels.tolist()  # labels follow the items
+    again = eval_subset(ds, 40)
+    assert [again[i][0].item() for i in range(40)] == [sub[i][0].item() for i in range(40)]
+    other = eval_subset(ds, 40, seed=1)
+    assert [other[i][0].item() for i in range(40)] != [sub[i][0].item() for i in range(40)]
+    assert eval_subset(ds, None) is ds and eval_subset(ds, 500) is ds
