@@ -132,3 +132,23 @@ def test_train_and_eval_through_the_cli(
     # defaults: the penultimate of 2 blocks, grid2 (two halves of the 1-D grid), causal
     assert res["layer"] == 1 and res["pool"] == "grid2" and res["attn"] == "causal"
     assert 1 / 6 < res["top1"] <= 1.0  # six activities; kNN on such windows is far above chance
+
+
+@pytest.mark.slow
+def test_user_scan_and_objective_through_the_cli(plugin, tmp_path: Path) -> None:
+    run = tmp_path / "custom"
+    assert main(["train", f"{PLUGIN}:tiny_custom", "--out", str(run), "--no-progress"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["encoder"]["scan"] == "user_reverse"
+    assert cfg["objective"] == {**cfg["objective"], "kind": "user_nepa_mse", "scale": 0.5}
+    losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
+    # 0.5 * (2 - 2 cos) lies in [0, 2]; NEPA's own loss would be negative here.
+    assert len(losses) == 4 and all(0.0 <= v <= 2.0 for v in losses)
+    from nepa.eval.load import load_run
+
+    _, obj = load_run(run)
+    assert type(obj).__name__ == "UserNepaMse" and obj.cfg.scale == 0.5
+    assert obj.encoder.coords[:, 0].tolist() == list(range(7, -1, -1))  # reversed scan
+    out = tmp_path / "knn.json"
+    assert main(["eval", "knn", str(run), "--json", str(out)]) == 0
+    assert 0.0 < json.loads(out.read_text())["top1"] <= 1.0

@@ -8,7 +8,10 @@ It registers
   skipped and counted), test subjects 2, 4, 9, 10, 12, 13, 18, 20, 24, train on the rest;
 - an encoder kind ``conv1d_patch``: ``Conv1d`` patchify (kernel = stride = patch), one grid axis,
   coords ``(T, 1)``;
-- a recipe ``tiny()`` using both:  ``nepa train tests/user_plugins/signal_1d.py:tiny``.
+- a scan order ``user_reverse`` (last cell first) and an objective kind ``user_nepa_mse`` (NEPA
+  with a squared distance between unit vectors, its own config type with a ``scale`` field);
+- recipes ``tiny()`` (dataset + encoder) and ``tiny_custom()`` (also the scan and the objective):
+  ``nepa train tests/user_plugins/signal_1d.py:tiny``.
 
 No fallback: a missing data file is an error that says which file and which variable.
 """
@@ -30,7 +33,8 @@ from nepa.data.base import DATASETS, DataConfig
 from nepa.data.paths import resolve_path
 from nepa.encoders.base import ENCODERS, Encoder, EncoderConfig
 from nepa.encoders.scans import SCANS, scan_order
-from nepa.objectives.nepa import NepaConfig
+from nepa.objectives.base import OBJECTIVES
+from nepa.objectives.nepa import Nepa, NepaConfig, prediction_target
 from nepa.predictor.config import PredictorConfig
 from nepa.tokens import Tokens
 
@@ -175,6 +179,37 @@ class Conv1dPatch(Encoder):
         return Tokens(emb=emb[:, self.order], coords=self.coords, grid=self.grid)
 
 
+# ------------------------------------------------------------------------------ scan, objective
+
+
+@SCANS.register("user_reverse")
+def user_reverse(grid: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Visit the cells in reverse row-major order."""
+    return np.arange(int(np.prod(grid)))[::-1].copy()
+
+
+class UserNepaMseConfig(NepaConfig):
+    kind: Literal["user_nepa_mse"] = "user_nepa_mse"  # type: ignore[assignment]
+    scale: float = Field(1.0, gt=0)
+
+
+@OBJECTIVES.register("user_nepa_mse", config=UserNepaMseConfig)
+class UserNepaMse(Nepa):
+    """scale * mean ||normalize(p) - normalize(t)||^2 (= scale * (2 - 2 cos)), same shift and
+    stop-gradient as NEPA."""
+
+    def forward(self, x):
+        tok = self.encoder(x)
+        h = self.predictor(tok.emb, tok.coords, tok.grid, tok.mask)
+        p, t = prediction_target(h, tok.emb, self.cfg.shift, self.cfg.stop_grad)
+        diff = nn.functional.normalize(p.float(), dim=-1) - nn.functional.normalize(
+            t.float(), dim=-1
+        )
+        loss = self.cfg.scale * diff.pow(2).sum(-1).mean()
+        self._last_p = p.detach()
+        return loss, {"loss": loss.detach(), "tokens": float(p.shape[0] * p.shape[1])}
+
+
 # ------------------------------------------------------------------------------ recipe
 
 
@@ -192,3 +227,13 @@ def tiny() -> RunConfig:
         ),
         eval=EvalConfig(k=10, max_train=512, max_test=256, batch_size=256),
     )
+
+
+def tiny_custom() -> RunConfig:
+    """``tiny`` with the user's own scan order and objective."""
+    cfg = tiny().model_dump()
+    cfg["name"] = "signal-1d-custom"
+    cfg["encoder"]["scan"] = "user_reverse"
+    cfg["objective"] = {"kind": "user_nepa_mse", "scale": 0.5, "monitor_every": 5}
+    cfg["train"]["steps"] = 4
+    return RunConfig.model_validate(cfg)
