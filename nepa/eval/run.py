@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import torch
+from torch.utils.data import Dataset
 
 from nepa.config import RunConfig
 from nepa.data.base import build_dataset
@@ -40,6 +41,7 @@ def knn_eval(
     layers: list[int] | None = None,
     pools: list[str] | None = None,
     attns: list[str] | None = None,
+    splits: tuple[Dataset, Dataset] | None = None,
 ) -> list[dict]:
     """One result dict per (attn, layer, pool); defaults come from ``cfg.eval``."""
     e = cfg.eval
@@ -47,7 +49,7 @@ def knn_eval(
     layers = [resolve_layer(l, depth) for l in (layers or [e.layer])]
     pools = pools or [e.pool]
     attns = attns or [e.attn]
-    train_ds, test_ds = eval_splits(cfg)
+    train_ds, test_ds = splits or eval_splits(cfg)
     ytr, yte = train_ds.labels, test_ds.labels
     objective.to(device)
     bf16, _ = resolve_precision(cfg.train.precision, device)
@@ -87,10 +89,10 @@ def knn_eval(
 
 
 @torch.no_grad()
-def raw_pixel_knn(cfg: RunConfig) -> dict:
+def raw_pixel_knn(cfg: RunConfig, splits: tuple[Dataset, Dataset] | None = None) -> dict:
     """The floor every learned feature should be compared with: kNN on centred raw inputs."""
     e = cfg.eval
-    train_ds, test_ds = eval_splits(cfg)
+    train_ds, test_ds = splits or eval_splits(cfg)
     ytr, yte = train_ds.labels, test_ds.labels
     xtr = torch.stack([train_ds[i][0].flatten() for i in range(len(ytr))])
     xte = torch.stack([test_ds[i][0].flatten() for i in range(len(yte))])
