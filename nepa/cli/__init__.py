@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-SUBCOMMANDS = ["train", "eval", "scans", "demo", "bench"]
+SUBCOMMANDS = ["train", "eval", "scans", "demo", "bench", "shards"]
 
 
 def add_overrides(p: argparse.ArgumentParser, example: str) -> None:
