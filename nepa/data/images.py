@@ -154,13 +154,21 @@ class ImageDataset(Dataset):
         if not self.train or aug_seed is None:
             x = self._eval_tf(img_CHW)
         else:
-            # torchvision draws from the global CPU generator: seed it inside a fork so the
-            # model's RNG is untouched. Not torch.manual_seed: it would also reseed the GPUs
-            # (and costs ~100 us).
-            with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(int(aug_seed))
-                x = self._train_tf(img_CHW)
+            x = apply_seeded(self._train_tf, img_CHW, aug_seed)
         return x, int(self.labels[index])
+
+
+def apply_seeded(
+    transform: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seed: int
+) -> torch.Tensor:
+    """Apply a random torchvision transform with its randomness fixed by ``seed``.
+
+    torchvision draws from the global CPU generator: seed it inside a fork so the model's RNG is
+    untouched. Not torch.manual_seed: it would also reseed the GPUs (and costs ~100 us).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        return transform(x)
 
 
 def train_transform(

@@ -77,6 +77,8 @@ def all_reduce(t: torch.Tensor, op: str = "mean") -> torch.Tensor:
     t = t.clone()
     if op == "max":
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    elif op == "sum":
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
     else:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from nepa.config import RunConfig
 from nepa.data.base import build_dataset
-from nepa.data.sampler import StepBatchSampler
+from nepa.data.loader import TrainLoader, train_loader
+from nepa.data.shards.health import BadDataError, DataHealth
 from nepa.train.build import build_objective, place, resolve_precision
 from nepa.train.checkpoint import (
     CheckpointError,
@@ -98,6 +98,8 @@ class Trainer:
         self.dataset = build_dataset(cfg.data, split="train", train=True)
         self.step = 0
         self._stop_requested = False
+        self._loader: TrainLoader | None = None
+        self.health: DataHealth | None = None
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -109,6 +111,7 @@ class Trainer:
             "rng": rng_state(),
             "config": self.cfg.model_dump(mode="json"),
             "world_size": self.env.world,
+            "data": self._data_state,
         }
 
     def restore(self) -> None:
@@ -126,6 +129,7 @@ class Trainer:
                 f"config differs from the checkpoint's at {', '.join(diff)}; resume with the same "
                 f"config (see {self.run_dir.path / 'config.json'}) or start a new --out"
             )
+        self._check_data_state(state.get("data"))
         self.objective.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -141,27 +145,36 @@ class Trainer:
         barrier()
 
     # -- loop --------------------------------------------------------------------------------
-    def loader(self) -> DataLoader:
+    def loader(self) -> TrainLoader:
         t = self.cfg.train
-        sampler = StepBatchSampler(
-            len(self.dataset),
-            t.batch_size,
-            t.accum,
-            self.env.rank,
-            self.env.world,
-            self.cfg.seed,
-            start_micro=self.step * t.accum,
-        )
-        return DataLoader(
+        return train_loader(
             self.dataset,
-            batch_sampler=sampler,
-            num_workers=t.num_workers,
+            global_batch=t.batch_size,
+            accum=t.accum,
+            rank=self.env.rank,
+            world=self.env.world,
+            workers=t.num_workers,
+            seed=self.cfg.seed,
+            start_micro=self.step * t.accum,
             pin_memory=self.env.device.type == "cuda",
-            # Its own generator: iterating a DataLoader otherwise draws from the global RNG,
-            # which would shift the model's random stream after a resume.
-            generator=torch.Generator(),
-            persistent_workers=t.num_workers > 0,
         )
+
+    @property
+    def _data_state(self) -> dict:
+        return self._loader.state if self._loader is not None else {}
+
+    def _check_data_state(self, saved: dict | None) -> None:
+        """Shard streams resume exactly only with the layout they were cut for."""
+        ours = self.loader().state
+        if saved is None or saved.get("kind") != "shards" or ours.get("kind") != "shards":
+            return
+        diff = {k: (saved.get(k), ours.get(k)) for k in ours if saved.get(k) != ours.get(k)}
+        if diff:
+            what = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in diff.items())
+            raise CheckpointError(
+                f"the data stream was cut for another layout ({what}); a streamed run resumes "
+                "exactly only with the same number of processes and train.num_workers"
+            )
 
     def run(self, resume: bool, progress: bool = True) -> TrainResult:
         torch.use_deterministic_algorithms(self.cfg.train.deterministic, warn_only=True)
@@ -198,7 +211,10 @@ class Trainer:
     def _loop(self, progress: bool) -> TrainResult:
         t, total = self.cfg.train, self.cfg.train.steps
         result = TrainResult(step=self.step, run_dir=self.run_dir.path)
-        batches = iter(self.loader())
+        self._loader = self.loader()
+        if self._loader.max_bad_fraction is not None:
+            self.health = DataHealth(self._loader.max_bad_fraction)
+        batches = iter(self._loader)
         bar = tqdm(
             total=total,
             initial=self.step,
@@ -211,7 +227,11 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self._seed_step()
-            loss, n, ntok = self._accumulate(batches)
+            try:
+                loss, n, ntok = self._accumulate(batches)
+            except BadDataError:  # raised by a loader worker that found nothing decodable
+                self.save()
+                raise
             stop = float(self._stop_requested)
             loss_all, stop_all = all_reduce(
                 torch.stack([loss, torch.tensor(stop, device=loss.device)]).float()
@@ -236,6 +256,7 @@ class Trainer:
                     "samples_per_s": samples / dt,
                     "tokens_per_s": tokens / dt,
                 }
+                record.update(self._data_check(epoch_end=False))
                 if self.env.is_main:
                     self.run_dir.log(record)
                 bar.set_postfix(
@@ -244,6 +265,8 @@ class Trainer:
                     smp_s=f"{samples / dt:,.0f}",
                 )
                 tick, samples, tokens = time.perf_counter(), 0, 0.0
+            if self.health is not None and self.step % self._loader.steps_per_epoch == 0:
+                self._data_check(epoch_end=True)
             stats = self._monitor()
             if stats and self.env.is_main:
                 self.run_dir.log({"step": self.step, **stats})
@@ -275,7 +298,9 @@ class Trainer:
         bf16 = self.bf16
         total, n, ntok = torch.zeros((), device=dev), 0, 0.0
         for micro in range(accum):
-            x, _ = next(batches)
+            x, _, meta = next(batches)
+            if meta is not None and self.health is not None:
+                self.health.update(meta["good"], meta["bad"])
             x = x.to(dev, non_blocking=True)
             with (
                 no_sync(self.model, micro < accum - 1),
@@ -287,6 +312,36 @@ class Trainer:
             n += len(x)
             ntok += float(metrics.get("tokens", 0))
         return total / accum, n, ntok
+
+    def _data_check(self, epoch_end: bool) -> dict:
+        """Bad-data totals over all ranks: metrics, the end-of-epoch summary, and the limit
+        (a saved checkpoint, then BadDataError, on every rank at once)."""
+        if self.health is None:
+            return {}
+        h = self.health
+        totals = torch.tensor([h.good, h.n_bad], dtype=torch.float64, device=self.env.device)
+        good, bad = all_reduce(totals, "sum").tolist()
+        good, bad = int(good), int(bad)
+        if epoch_end:
+            epoch = self.step // self._loader.steps_per_epoch - 1
+            summary = h.end_epoch(epoch)
+            log.info(
+                "epoch %d done: %d bad sample(s) on this rank %s; run total %d of %d read (%.3f%%)",
+                epoch,
+                summary["bad"],
+                summary["bad_by_kind"] or "",
+                bad,
+                good + bad,
+                100 * h.fraction(good, bad),
+            )
+            if self.env.is_main:
+                self.run_dir.log({"step": self.step, "data/epoch": epoch, "data/epoch_bad": summary})
+        try:
+            h.check(good, bad, force=epoch_end)
+        except BadDataError:
+            self.save()
+            raise
+        return {"data/good": good, "data/bad": bad, **{k: v for k, v in h.metrics().items() if k.startswith("data/bad_")}}
 
     def _optimizer_step(self) -> float:
         clip = self.cfg.optim.clip_grad

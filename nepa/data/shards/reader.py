@@ -27,36 +27,44 @@ def read_shard(
     bad: BadData,
     *,
     expected: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
     allow_pickle: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Yield the raw samples of the shard at ``url`` (a path, URL or ``pipe:`` command).
+    """Yield raw samples ``start:stop`` of the shard at ``url`` (a path, URL or ``pipe:``
+    command); ``stop`` defaults to ``expected`` (the manifest's count) or the end.
 
-    Read errors are recorded in ``bad``; pickle members raise
+    Samples before ``start`` are read but not returned (tar streams cannot seek). Read errors
+    are recorded in ``bad``, counting only samples lost inside ``start:stop`` (so readers of
+    disjoint ranges of one shard never count a loss twice); pickle members raise
     :class:`~nepa.data.shards.codecs.PickleMemberError` unless ``allow_pickle``.
     """
     name = shard_name(url)
+    stop = expected if stop is None else stop
     errors: list[BaseException] = []
 
     def handler(exn: BaseException) -> bool:
         errors.append(exn)
         return False  # stop this shard: after a tar error the stream position is unknown
 
-    n = 0
+    n = 0  # samples read from the shard so far
     for sample in tarfile_samples([{"url": url}], handler=handler):
-        yield check_pickles(sample, allow_pickle, name)
+        if stop is not None and n >= stop:
+            return
+        if n >= start:
+            yield check_pickles(sample, allow_pickle, name)
         n += 1
+    lost = max(stop - max(n, start), 0) if stop is not None else 0
     if errors:
         e = errors[0]
-        kind = "truncated" if _is_read_error(e) else "corrupt"
-        lost = max(expected - n, 0) if expected is not None else 0
         msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if kind == "corrupt" or not lost:
-            # A bad member (e.g. a duplicate name) or an error with nothing known lost: count one.
-            bad.add(name, kind, f"{msg} after {n} good sample(s)", n=max(lost, 1))
-        else:
-            bad.add(name, "truncated", f"{msg}; {lost} of {expected} samples lost", n=lost)
-    elif expected is not None and n < expected:
-        bad.add(name, "truncated", f"shard ended after {n} of {expected} samples", n=expected - n)
+        if not _is_read_error(e):
+            bad.add(name, "corrupt", f"{msg} after {n} sample(s)", n=max(lost, 1))
+        elif lost or stop is None:
+            # Without a known count, an unreadable tail counts as one event.
+            bad.add(name, "truncated", f"{msg} after {n} sample(s)", n=max(lost, 1))
+    elif lost:
+        bad.add(name, "truncated", f"shard ended after {n} of {expected} samples", n=lost)
 
 
 def _is_read_error(e: BaseException) -> bool:

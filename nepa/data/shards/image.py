@@ -1,0 +1,138 @@
+"""``image_shards``: images streamed from WebDataset shards (``.png``/``.jpg`` + optional ``.cls``).
+
+Training streams the shards (see :mod:`nepa.data.shards.stream`) with the same augmentation as
+the in-memory image datasets; evaluation reads a split into memory once (for kNN and probes).
+``mean``/``std`` default to the per-channel statistics ``nepa shards write`` stored in the
+manifest for the train split.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from nepa.data.base import DATASETS
+from nepa.data.images import (
+    ImageDataConfig,
+    ImageDataset,
+    apply_seeded,
+    make_dataset,
+    train_transform,
+)
+from nepa.data.shards.codecs import IMAGE_EXTS, DecodeError, decode_image_bytes, payload_field
+from nepa.data.shards.health import BadData
+from nepa.data.shards.manifest import ShardList, resolve_shards
+from nepa.data.shards.options import ShardOptions
+from nepa.data.shards.reader import read_shard, shard_name
+from nepa.data.shards.stream import ShardTrainData
+
+log = logging.getLogger(__name__)
+
+
+class ImageShardsConfig(ImageDataConfig, ShardOptions):
+    """Image shards; see :class:`ShardOptions` for ``source`` and the streaming fields."""
+
+    kind: Literal["image_shards"] = "image_shards"
+
+
+def decode_sample(sample: dict[str, Any], channels: int) -> tuple[torch.Tensor, int]:
+    """Raw sample -> (uint8 (C, H, W) image, label or -1); DecodeError if bad."""
+    img_CHW = decode_image_bytes(sample[payload_field(sample, IMAGE_EXTS)])
+    if img_CHW.shape[0] != channels:
+        raise DecodeError(
+            f"image has {img_CHW.shape[0]} channel(s), the config says channels={channels}",
+            kind="shape",
+        )
+    label = sample.get("cls")
+    try:
+        y = int(label.decode()) if label is not None else -1
+    except ValueError:
+        raise DecodeError(f".cls is not an integer: {label[:20]!r}") from None
+    return img_CHW, y
+
+
+class ImageSample:
+    """The stream's sample function: decode, check, augment (seeded)."""
+
+    def __init__(self, channels: int, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.channels, self.transform = channels, transform
+
+    def __call__(self, sample: dict[str, Any], seed: int) -> tuple[torch.Tensor, int]:
+        img_CHW, y = decode_sample(sample, self.channels)
+        return apply_seeded(self.transform, img_CHW, seed), y
+
+
+def _stats(cfg: ImageShardsConfig, shards: ShardList) -> Callable[[], np.ndarray]:
+    def stats() -> np.ndarray:
+        m = shards.manifest
+        info = m.splits.get("train") if m is not None else None
+        if info is None or info.mean is None or info.std is None:
+            raise ValueError(
+                f"{cfg.source!r} has no stored pixel statistics for a train split: set "
+                f"data.mean and data.std ({cfg.channels} values each)"
+            )
+        return np.asarray([info.mean, info.std], dtype=np.float64)
+
+    return stats
+
+
+def _classes(shards: ShardList, labels: np.ndarray) -> list[str]:
+    if shards.manifest is not None and shards.manifest.classes:
+        return list(shards.manifest.classes)
+    return [str(i) for i in range(int(labels.max(initial=-1)) + 1)]
+
+
+def read_split(cfg: ImageShardsConfig, shards: ShardList) -> tuple[list[np.ndarray], np.ndarray]:
+    """Decode every sample of a split: (list of (H, W, C) uint8, labels (N,) int64)."""
+    bad, images, labels = BadData(), [], []
+    counts = shards.counts or [None] * len(shards.urls)
+    for url, expected in zip(shards.urls, counts, strict=True):
+        for sample in read_shard(url, bad, expected=expected, allow_pickle=cfg.allow_pickle):
+            try:
+                img_CHW, y = decode_sample(sample, cfg.channels)
+            except DecodeError as e:
+                bad.add(shard_name(url), e.kind, str(e), key=sample.get("__key__"))
+                continue
+            images.append(img_CHW.permute(1, 2, 0).numpy())
+            labels.append(y)
+    if bad.total:
+        log.warning("%s: skipped %d bad sample(s) while reading a split", cfg.source, bad.total)
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+@DATASETS.register("image_shards", config=ImageShardsConfig)
+def build_image_shards(
+    cfg: ImageShardsConfig, *, split: str, train: bool
+) -> ShardTrainData | ImageDataset:
+    shards = resolve_shards(cfg.source, split)
+    stats = _stats(cfg, shards)
+    if train:
+        if cfg.limit_train is not None:
+            raise ValueError(
+                "limit_train does not apply to streamed shards; write a smaller split, or use "
+                "eval.max_train to limit evaluation"
+            )
+        mean, std = cfg.mean, cfg.std
+        if mean is None or std is None:
+            s = stats()
+            mean = tuple(s[0]) if mean is None else mean
+            std = tuple(s[1]) if std is None else std
+        sample_fn = ImageSample(cfg.channels, train_transform(cfg, mean, std))
+        return ShardTrainData(shards, sample_fn, cfg)
+    images, labels = read_split(cfg, shards)
+    if len(images) and all(a.shape == images[0].shape for a in images):
+        images = np.stack(images)
+    return make_dataset(
+        cfg,
+        split=split,
+        train=False,
+        images=images,
+        labels=labels,
+        classes=_classes(shards, labels),
+        source=cfg.source,
+        train_stats=stats,
+    )

@@ -1,0 +1,58 @@
+"""Synthetic image shards for stream tests: sample ``i`` is a flat 8x8 PNG and ``.cls`` = ``i``.
+
+Written with webdataset's TarWriter directly (independent of nepa's writer under test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from nepa.data.shards.codecs import encode_png_array
+from nepa.data.shards.manifest import Manifest, ShardInfo, SplitInfo
+
+
+def make_shards(
+    root: Path, counts: list[int], split: str = "train", size: int = 8, channels: int = 3
+) -> Path:
+    """Write ``len(counts)`` shards holding ``counts[k]`` samples each; ids run 0..sum-1."""
+    root.mkdir(parents=True, exist_ok=True)
+    infos, i = [], 0
+    for k, n in enumerate(counts):
+        name = f"{split}-{k:06d}.tar"
+        with wds.TarWriter(str(root / name), encoder=False, mtime=0) as w:
+            for _ in range(n):
+                px = np.full((size, size, channels), i % 251, dtype=np.uint8)
+                w.write({"__key__": f"s{i:06d}", "png": encode_png_array(px), "cls": str(i).encode()})
+                i += 1
+        data = (root / name).read_bytes()
+        infos.append(ShardInfo(name=name, samples=n, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    split_info = SplitInfo(
+        shards=infos, samples=sum(counts), fields=["cls", "png"], mean=[0.5] * channels, std=[0.25] * channels
+    )
+    manifest_path = root / "manifest.json"
+    splits = {}
+    if manifest_path.exists():
+        splits = dict(Manifest.model_validate_json(manifest_path.read_text()).splits)
+    splits[split] = split_info
+    m = Manifest(modality="image", classes=None, splits=splits, created={"by": "tests/synth"})
+    manifest_path.write_text(m.model_dump_json(indent=1))
+    return root
+
+
+def truncate(path: Path, keep_fraction: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
+
+
+def add_member(path: Path, name: str, data: bytes) -> None:
+    """Append a member to an uncompressed tar (e.g. a garbage image or a .pyd)."""
+    with tarfile.open(path, "a") as tf:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
