@@ -1,11 +1,21 @@
 """CIFAR-10 recipes (32x32). Data: ``${NEPA_DATA_DIR}/cifar10-png.tar.gz`` (ImageFolder layout).
 
 nepa train recipes/cifar10.py:tiny --set train.steps=2000
+
+``shards`` streams WebDataset shards instead; write them once, then train on one process or
+several::
+
+    nepa shards write ${NEPA_DATA_DIR}/cifar10-png.tar.gz shards/cifar10 --split train
+    nepa shards write ${NEPA_DATA_DIR}/cifar10-png.tar.gz shards/cifar10 --split test
+    nepa train recipes/cifar10.py:shards
+    torchrun --nproc_per_node 2 -m nepa.cli train recipes/cifar10.py:shards
+    nepa train recipes/cifar10.py:shards --set 'data.source=pipe:curl -sf http://host/cifar10/{name}'
 """
 
 from nepa import RunConfig
 from nepa.config import EvalConfig, OptimConfig, TrainConfig
 from nepa.data.images import ImageFolderConfig
+from nepa.data.shards.image import ImageShardsConfig
 from nepa.encoders.image import ImageEncoderConfig
 from nepa.objectives.nepa import NepaConfig
 from nepa.predictor.config import PredictorConfig
@@ -60,5 +70,27 @@ def hilbert() -> RunConfig:
             **cfg.model_dump(),
             "name": "cifar10-tiny-hilbert",
             "encoder": {**cfg.encoder.model_dump(), "scan": "hilbert"},
+        }
+    )
+
+
+def shards() -> RunConfig:
+    """The tiny recipe streaming shards written by ``nepa shards write`` (exact epochs; one
+    loader worker per process, which keeps 2 CPU cores for the model; see benchmarks/)."""
+    cfg = tiny()
+    data = ImageShardsConfig(
+        source="shards/cifar10",
+        image_size=32,
+        channels=3,
+        mean=CIFAR10.mean,
+        std=CIFAR10.std,
+        shuffle_buffer=2000,
+    )
+    return cfg.model_validate(
+        {
+            **cfg.model_dump(),
+            "name": "cifar10-tiny-shards",
+            "data": data.model_dump(),
+            "train": {**cfg.train.model_dump(), "num_workers": 1},
         }
     )

@@ -335,13 +335,19 @@ class Trainer:
                 100 * h.fraction(good, bad),
             )
             if self.env.is_main:
-                self.run_dir.log({"step": self.step, "data/epoch": epoch, "data/epoch_bad": summary})
+                self.run_dir.log(
+                    {"step": self.step, "data/epoch": epoch, "data/epoch_bad": summary}
+                )
         try:
             h.check(good, bad, force=epoch_end)
         except BadDataError:
             self.save()
             raise
-        return {"data/good": good, "data/bad": bad, **{k: v for k, v in h.metrics().items() if k.startswith("data/bad_")}}
+        return {
+            "data/good": good,
+            "data/bad": bad,
+            **{k: v for k, v in h.metrics().items() if k.startswith("data/bad_")},
+        }
 
     def _optimizer_step(self) -> float:
         clip = self.cfg.optim.clip_grad

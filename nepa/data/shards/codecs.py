@@ -168,7 +168,13 @@ def encode_field(ext: str, value: Any) -> bytes:
 
 def encode_png_array(arr: np.ndarray) -> bytes:
     """uint8 (H, W), (H, W, 1) or (H, W, 3) -> PNG bytes (lossless, deterministic)."""
-    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3)):
+    if (
+        arr.dtype != np.uint8
+        or arr.ndim not in (2, 3)
+        or (arr.ndim == 3 and arr.shape[2] not in (1, 3))
+    ):
         raise ValueError(f"PNG needs uint8 (H, W) or (H, W, 1|3), got {arr.dtype} {arr.shape}")
     hwc = arr[..., None] if arr.ndim == 2 else arr
-    return encode_png(torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))).numpy().tobytes()
+    return (
+        encode_png(torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))).numpy().tobytes()
+    )

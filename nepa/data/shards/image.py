@@ -17,11 +17,12 @@ import torch
 
 from nepa.data.base import DATASETS
 from nepa.data.images import (
+    CropFlip,
     ImageDataConfig,
     ImageDataset,
-    apply_seeded,
     make_dataset,
-    train_transform,
+    normalizer,
+    train_augment,
 )
 from nepa.data.shards.codecs import IMAGE_EXTS, DecodeError, decode_image_bytes, payload_field
 from nepa.data.shards.health import BadData
@@ -56,14 +57,22 @@ def decode_sample(sample: dict[str, Any], channels: int) -> tuple[torch.Tensor, 
 
 
 class ImageSample:
-    """The stream's sample function: decode, check, augment (seeded)."""
+    """The stream's sample function: decode, check, crop and flip (seeded) to uint8; the batch
+    is then normalised at once by ``finish_batch``."""
 
-    def __init__(self, channels: int, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.channels, self.transform = channels, transform
+    def __init__(
+        self,
+        channels: int,
+        augment: CropFlip | None,
+        finish_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.channels, self.augment = channels, augment
+        if finish_batch is not None:
+            self.finish_batch = finish_batch
 
     def __call__(self, sample: dict[str, Any], seed: int) -> tuple[torch.Tensor, int]:
         img_CHW, y = decode_sample(sample, self.channels)
-        return apply_seeded(self.transform, img_CHW, seed), y
+        return (img_CHW if self.augment is None else self.augment(img_CHW, seed)), y
 
 
 def _stats(cfg: ImageShardsConfig, shards: ShardList) -> Callable[[], np.ndarray]:
@@ -121,7 +130,7 @@ def build_image_shards(
             s = stats()
             mean = tuple(s[0]) if mean is None else mean
             std = tuple(s[1]) if std is None else std
-        sample_fn = ImageSample(cfg.channels, train_transform(cfg, mean, std))
+        sample_fn = ImageSample(cfg.channels, train_augment(cfg), normalizer(mean, std))
         return ShardTrainData(shards, sample_fn, cfg)
     images, labels = read_split(cfg, shards)
     if len(images) and all(a.shape == images[0].shape for a in images):

@@ -59,6 +59,7 @@ from nepa.data.shards.reader import read_shard, shard_name
 log = logging.getLogger(__name__)
 
 #: ``fn(raw_sample, aug_seed) -> (x tensor, label int)``; raises DecodeError for bad samples.
+#: It may have ``finish_batch(x_stacked) -> x`` for work done once per batch (normalising).
 SampleFn = Callable[[dict[str, Any], int], tuple[torch.Tensor, int]]
 Mode = Literal["exact", "resampled"]
 
@@ -152,12 +153,6 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int,
         allow_pickle: bool,
     ) -> None:
-        if layout.mode == "exact" and shards.counts is None:
-            raise ValueError(
-                f"exact epochs need per-shard sample counts, and {shards.where!r} has no manifest; "
-                "write the shards with `nepa shards write` (which adds manifest.json), or set "
-                "data.epochs=resampled and data.epoch_steps"
-            )
         self.shards, self.sample_fn, self.layout = shards, sample_fn, layout
         self.rank, self.start_micro = rank, start_micro
         self.shuffle_buffer, self.allow_pickle = shuffle_buffer, allow_pickle
@@ -170,7 +165,9 @@ class ShardStream(IterableDataset):
         if lay.mode == "exact":
             offsets = np.concatenate([[0], np.cumsum(sh.counts)]).tolist()
             start, stop = lay.range_of(epoch, self.rank, stream)
-            pieces = exact_pieces(sh.counts, epoch_order(lay.seed, epoch, len(sh.urls)), start, stop)
+            pieces = exact_pieces(
+                sh.counts, epoch_order(lay.seed, epoch, len(sh.urls)), start, stop
+            )
             source = self._read_pieces(pieces, offsets, bad)
         else:
             source = itertools.islice(
@@ -202,7 +199,9 @@ class ShardStream(IterableDataset):
             s = rng.randrange(len(urls))
             expected = None if self.shards.counts is None else self.shards.counts[s]
             before = n_read
-            for sample in read_shard(urls[s], bad, expected=expected, allow_pickle=self.allow_pickle):
+            for sample in read_shard(
+                urls[s], bad, expected=expected, allow_pickle=self.allow_pickle
+            ):
                 yield n_read, sample
                 n_read += 1
             empty_in_a_row = empty_in_a_row + 1 if n_read == before else 0
@@ -240,14 +239,18 @@ class ShardStream(IterableDataset):
         if not good:
             good = self._refill(epoch, stream, mb)
         filled = [good[i % len(good)] for i in range(mb)]
-        return torch.stack([x for x, _ in filled]), torch.tensor([y for _, y in filled]), n_good
+        x = torch.stack([x for x, _ in filled])
+        finish = getattr(self.sample_fn, "finish_batch", None)  # e.g. normalise a whole batch
+        return (x if finish is None else finish(x)), torch.tensor([y for _, y in filled]), n_good
 
     def _decode(self, sid: int, sample: dict, epoch: int, bad: BadData):
         seed = int(aug_seeds(self.layout.seed, epoch, np.asarray([sid]))[0])
         try:
             return self.sample_fn(sample, seed)
         except DecodeError as e:
-            bad.add(shard_name(sample.get("__url__", "?")), e.kind, str(e), key=sample.get("__key__"))
+            bad.add(
+                shard_name(sample.get("__url__", "?")), e.kind, str(e), key=sample.get("__key__")
+            )
             return None
 
     def _refill(self, epoch: int, stream: int, n: int) -> list:
@@ -284,6 +287,12 @@ class ShardTrainData:
     trainer knows the layout (batch, accumulation, ranks, workers)."""
 
     def __init__(self, shards: ShardList, sample_fn: SampleFn, options: ShardOptions) -> None:
+        if options.epochs == "exact" and shards.counts is None:
+            raise ValueError(
+                f"exact epochs need per-shard sample counts, and {shards.where!r} has no manifest; "
+                "write the shards with `nepa shards write` (which adds manifest.json), or set "
+                "data.epochs=resampled and data.epoch_steps"
+            )
         self.shards, self.sample_fn, self.options = shards, sample_fn, options
 
     def steps_per_epoch(self, global_batch: int) -> int:
@@ -315,7 +324,12 @@ class ShardTrainData:
         pin_memory: bool,
     ) -> TrainLoader:
         layout = Layout(
-            global_batch, accum, world, workers, seed, self.options.epochs,
+            global_batch,
+            accum,
+            world,
+            workers,
+            seed,
+            self.options.epochs,
             self.steps_per_epoch(global_batch),
         )
         stream = ShardStream(

@@ -36,7 +36,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,9 @@ from nepa.data.shards.manifest import MANIFEST, Manifest, ShardInfo, SplitInfo, 
 
 log = logging.getLogger(__name__)
 
-SHARD_MTIME = 0.0  # fixed member mtime: the same samples give byte-identical tars
-MAX_MEMBER_NAME = 100  # USTAR limit for a member name without "/"
+# Fixed member mtime, so the same samples give byte-identical tars. An int: a float makes
+# tarfile add a PAX header with the exact value to every member.
+SHARD_MTIME = 0
 PAYLOADS_OF = {"image": IMAGE_EXTS, "audio": AUDIO_EXTS, "array": ARRAY_EXTS}
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
@@ -84,7 +85,8 @@ def write_shards(
     """Write ``samples`` as split ``split`` of the shard folder ``out_dir``; returns its entry.
 
     ``out_dir`` may already hold other splits: they are kept (their modality and classes must
-    agree); an existing split of the same name is replaced. ``shuffle_seed`` (None keeps the
+    agree); an existing split of the same name is replaced (its old shards are deleted first:
+    if this write then fails, the folder no longer has that split). ``shuffle_seed`` (None keeps the
     given order) permutes the samples first, which holds them all in memory. ``created``
     records how the data was made (e.g. ``{"source": ..., "source_kind": ...}``); the nepa
     version, shard size and shuffle seed are added. For image modality the per-channel mean/std
@@ -97,21 +99,52 @@ def write_shards(
     _check_compatible(existing, split, modality, classes, out)
     if existing is not None and split in existing.splits:
         _drop_split(existing, split, out)
-    _remove_stale_shards(out, split)
+    marker = out / f".{split}.writing"  # present while shards of ``split`` are not in the manifest
+    _remove_stale_shards(out, split, marker)
+    marker.touch()
+    try:
+        info = _write_split(
+            samples, out, split, shard_size, modality, classes, shuffle_seed, progress
+        )
+    except BaseException:  # a bad sample or an interrupt: leave no unlisted shards behind
+        _remove_stale_shards(out, split, marker)
+        marker.unlink()
+        raise
+    how = {"shard_size": shard_size, "shuffle_seed": shuffle_seed, **(created or {})}
+    write_manifest(_merged(existing, split, info, modality, classes, how), out)
+    marker.unlink()
+    log.info(
+        "wrote split %r: %d samples in %d shard(s) to %s",
+        split,
+        info.samples,
+        len(info.shards),
+        out,
+    )
+    return info
+
+
+def _write_split(
+    samples: Iterable[dict[str, Any]],
+    out: Path,
+    split: str,
+    shard_size: int,
+    modality: str,
+    classes: list[str] | None,
+    shuffle_seed: int | None,
+    progress: bool,
+) -> SplitInfo:
     if shuffle_seed is not None:
         samples = shuffled(samples, shuffle_seed)
     acc = _SplitAccumulator(modality, classes)
-    encoded = (acc.add(s) for s in samples)
     total = len(samples) if isinstance(samples, list) else None
-    with tqdm(encoded, total=total, disable=not progress, desc=f"writing {split}", unit="sample") as bar:
+    encoded = (acc.add(s) for s in samples)
+    with tqdm(
+        encoded, total=total, disable=not progress, desc=f"writing {split}", unit="sample"
+    ) as bar:
         shards = _write_tars(bar, out, split, shard_size)
     if not shards:
         raise ValueError(f"no samples to write for split {split!r} of {out}")
-    info = acc.split_info(shards)
-    how = {"shard_size": shard_size, "shuffle_seed": shuffle_seed, **(created or {})}
-    write_manifest(_merged(existing, split, info, modality, classes, how), out)
-    log.info("wrote split %r: %d samples in %d shard(s) to %s", split, info.samples, len(shards), out)
-    return info
+    return acc.split_info(shards)
 
 
 def shuffled(samples: Iterable[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -145,7 +178,9 @@ def _check_args(split: str, shard_size: int, modality: str) -> None:
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if not modality or not isinstance(modality, str):
-        raise ValueError(f"modality must be a non-empty name (image, audio, array...), got {modality!r}")
+        raise ValueError(
+            f"modality must be a non-empty name (image, audio, array...), got {modality!r}"
+        )
 
 
 def _read_existing(out: Path) -> Manifest | None:
@@ -180,20 +215,38 @@ def _drop_split(existing: Manifest, split: str, out: Path) -> None:
     if not splits:
         (out / MANIFEST).unlink()
     else:
-        write_manifest(existing.model_copy(update={"splits": splits}), out)
+        kept = existing.model_dump()
+        kept["splits"] = splits
+        write_manifest(Manifest.model_validate(kept), out)
     for shard in existing.splits[split].shards:
         (out / shard.name).unlink(missing_ok=True)
-    log.info("replacing split %r of %s (%d old shard(s) deleted)", split, out, len(existing.splits[split].shards))
+    log.info(
+        "replacing split %r of %s (%d old shard(s) deleted)",
+        split,
+        out,
+        len(existing.splits[split].shards),
+    )
 
 
-def _remove_stale_shards(out: Path, split: str) -> None:
-    """Delete ``{split}-NNNNNN.tar`` files no manifest lists (left by an interrupted write)."""
+def _remove_stale_shards(out: Path, split: str, marker: Path) -> None:
+    """Delete ``{split}-NNNNNN.tar`` files left by an interrupted write (its marker file is still
+    there); refuse to touch such files otherwise, as they may be someone else's data."""
     pattern = re.compile(rf"^{re.escape(split)}-\d{{6}}\.tar$")
     stale = sorted(p for p in out.iterdir() if pattern.match(p.name))
+    if stale and not marker.exists():
+        raise FileExistsError(
+            f"{out} holds {len(stale)} shard file(s) of split {split!r} that its {MANIFEST} does "
+            f"not list, e.g. {stale[0].name}; delete them or write into another folder"
+        )
     for p in stale:
         p.unlink()
     if stale:
-        log.warning("deleted %d stale shard(s) of split %r in %s (not in the manifest)", len(stale), split, out)
+        log.warning(
+            "deleted %d shard(s) of split %r left in %s by an interrupted write",
+            len(stale),
+            split,
+            out,
+        )
 
 
 def _merged(
@@ -296,7 +349,10 @@ class _SplitAccumulator:
         c = img_CHW.shape[0]
         px_CN = img_CHW.reshape(c, -1).to(torch.float64) / 255.0
         if self.sums is None:
-            self.sums, self.sums2 = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+            self.sums, self.sums2 = (
+                torch.zeros(c, dtype=torch.float64),
+                torch.zeros(c, dtype=torch.float64),
+            )
         if len(self.sums) != c:
             self.mixed_channels = True
             return
@@ -330,11 +386,6 @@ def _check_field_name(key: str, name: str, seen: dict[str, Any]) -> str:
         raise ValueError(f"sample {key!r}: bad field name {name!r}; use an extension like 'png'")
     if fname in seen:
         raise ValueError(f"sample {key!r}: field {name!r} given twice (field names ignore case)")
-    if len(f"{key}.{fname}".encode()) > MAX_MEMBER_NAME:
-        raise ValueError(
-            f"sample {key!r}: member name {key}.{fname} is over {MAX_MEMBER_NAME} bytes; use "
-            "shorter keys"
-        )
     return fname
 
 
@@ -368,21 +419,16 @@ def _write_tars(
                     n += 1
             f.flush()
             os.fsync(f.fileno())
-        shards.append(ShardInfo(name=name, samples=n, bytes=path.stat().st_size, sha256=sha256_file(path)))
+        shards.append(
+            ShardInfo(name=name, samples=n, bytes=path.stat().st_size, sha256=sha256_file(path))
+        )
 
 
 def _peek_chunk(it: Iterator[dict[str, Any]], size: int) -> Iterator[dict[str, Any]] | None:
     """The next ``size`` items as an iterator, or None when ``it`` is exhausted (so no empty
     shard is ever written)."""
     first = next(it, None)
-    if first is None:
-        return None
-    return _chain_one(first, islice(it, size - 1))
-
-
-def _chain_one(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    yield first
-    yield from rest
+    return None if first is None else chain([first], islice(it, size - 1))
 
 
 def sha256_file(path: Path) -> str:

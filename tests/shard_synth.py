@@ -17,10 +17,31 @@ from nepa.data.shards.codecs import encode_png_array
 from nepa.data.shards.manifest import Manifest, ShardInfo, SplitInfo
 
 
+def _bad_sample(kind: str, i: int, size: int) -> dict:
+    """A sample of the given bad kind: undecodable png, 1 channel instead of 3, or no payload."""
+    if kind == "decode":
+        return {"png": b"\x89PNG garbage"}
+    if kind == "shape":
+        return {"png": encode_png_array(np.zeros((size, size), dtype=np.uint8))}
+    if kind == "missing":
+        return {"txt": b"no image here"}
+    raise ValueError(kind)
+
+
 def make_shards(
-    root: Path, counts: list[int], split: str = "train", size: int = 8, channels: int = 3
+    root: Path,
+    counts: list[int],
+    split: str = "train",
+    size: int = 8,
+    channels: int = 3,
+    bad: dict[int, str] | None = None,
+    extra: dict[int, dict[str, bytes]] | None = None,
 ) -> Path:
-    """Write ``len(counts)`` shards holding ``counts[k]`` samples each; ids run 0..sum-1."""
+    """Write ``len(counts)`` shards holding ``counts[k]`` samples each; ids run 0..sum-1.
+
+    ``bad`` maps sample ids to a bad kind ("decode", "shape", "missing") written instead;
+    ``extra`` adds members to some samples (e.g. ``{5: {"pyd": b"..."}}``)."""
+    bad, extra = bad or {}, extra or {}
     root.mkdir(parents=True, exist_ok=True)
     infos, i = [], 0
     for k, n in enumerate(counts):
@@ -28,12 +49,25 @@ def make_shards(
         with wds.TarWriter(str(root / name), encoder=False, mtime=0) as w:
             for _ in range(n):
                 px = np.full((size, size, channels), i % 251, dtype=np.uint8)
-                w.write({"__key__": f"s{i:06d}", "png": encode_png_array(px), "cls": str(i).encode()})
+                payload = (
+                    _bad_sample(bad[i], i, size) if i in bad else {"png": encode_png_array(px)}
+                )
+                w.write(
+                    {"__key__": f"s{i:06d}", **payload, "cls": str(i).encode(), **extra.get(i, {})}
+                )
                 i += 1
         data = (root / name).read_bytes()
-        infos.append(ShardInfo(name=name, samples=n, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+        infos.append(
+            ShardInfo(
+                name=name, samples=n, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+        )
     split_info = SplitInfo(
-        shards=infos, samples=sum(counts), fields=["cls", "png"], mean=[0.5] * channels, std=[0.25] * channels
+        shards=infos,
+        samples=sum(counts),
+        fields=["cls", "png"],
+        mean=[0.5] * channels,
+        std=[0.25] * channels,
     )
     manifest_path = root / "manifest.json"
     splits = {}

@@ -1,0 +1,219 @@
+"""Shard streams: exactly-once epochs over ranks x workers, resampling, resume, bad data."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from shard_synth import make_shards, truncate
+
+from nepa.data.shards.codecs import PickleMemberError
+from nepa.data.shards.health import BadDataError, DataHealth
+from nepa.data.shards.image import ImageSample, ImageShardsConfig
+from nepa.data.shards.manifest import resolve_shards
+from nepa.data.shards.stream import ShardTrainData
+
+COUNTS = [37, 50, 23, 41, 49]  # 200 samples in shards of uneven size
+
+
+def ident(sample: dict, seed: int) -> tuple[torch.Tensor, int]:
+    """Sample function that returns the augmentation seed and the sample id (its .cls)."""
+    return torch.tensor([float(seed % 1009)]), int(sample["cls"].decode())
+
+
+def data(source: str, sample_fn=ident, **fields) -> ShardTrainData:
+    cfg = ImageShardsConfig(
+        source=source, image_size=8, channels=3, **{"shuffle_buffer": 16, **fields}
+    )
+    return ShardTrainData(resolve_shards(source, "train"), sample_fn, cfg)
+
+
+def take(td: ShardTrainData, n: int, *, rank=0, world=1, workers=0, start=0, batch=16, accum=1):
+    loader = td.make_train_loader(
+        global_batch=batch,
+        accum=accum,
+        rank=rank,
+        world=world,
+        workers=workers,
+        seed=7,
+        start_micro=start,
+        pin_memory=False,
+    )
+    it = iter(loader)
+    return [next(it) for _ in range(n)]
+
+
+@pytest.fixture()
+def shards(tmp_path: Path) -> Path:
+    return make_shards(tmp_path / "s", COUNTS)
+
+
+def test_exact_epochs_once_per_epoch_over_2_ranks_x_2_workers(shards):
+    td = data(str(shards))
+    batch, accum, world = 20, 2, 2  # 200 samples: 10 steps per epoch, nothing dropped
+    per_rank_epoch = 10 * accum
+    epochs = [collections.Counter() for _ in range(2)]
+    for rank in range(world):
+        out = take(
+            td, 2 * per_rank_epoch, rank=rank, world=world, workers=2, batch=batch, accum=accum
+        )
+        for m, (x, y, meta) in enumerate(out):
+            assert meta["micro"] == m and meta["epoch"] == m // per_rank_epoch
+            assert x.shape == (5, 1) and meta["good"] == 5
+            epochs[meta["epoch"]].update(y.tolist())
+    for counter in epochs:
+        assert sorted(counter) == list(range(200)) and set(counter.values()) == {1}
+    # Both epochs see every sample once, in different orders.
+    e0 = [y.tolist() for _, y, _ in take(td, 10, batch=20)]
+    e1 = [y.tolist() for _, y, _ in take(td, 10, batch=20, start=10)]
+    assert e0 != e1
+
+
+def test_exact_epoch_drops_only_the_remainder(shards):
+    td = data(str(shards))
+    out = take(td, 3 * 12, batch=16)  # 200 // 16 = 12 steps per epoch: 8 samples unused
+    for e in range(3):
+        ids = [i for _, y, _ in out[12 * e : 12 * (e + 1)] for i in y.tolist()]
+        assert len(ids) == len(set(ids)) == 192
+
+
+@pytest.mark.parametrize("mode", ["exact", "resampled"])
+@pytest.mark.parametrize("start", [3, 7, 24, 29])
+def test_resume_continues_exactly(shards, mode, start):
+    td = data(str(shards), epochs=mode)
+    kw = dict(rank=1, world=2, workers=2, batch=16, accum=2)  # 24 micro-batches per epoch
+    full = take(td, 40, **kw)
+    resumed = take(td, 40 - start, start=start, **kw)
+    for (xa, ya, ma), (xb, yb, mb) in zip(full[start:], resumed, strict=True):
+        assert ma["micro"] == mb["micro"]
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
+def test_main_process_reading_equals_one_worker(shards):
+    td = data(str(shards))
+    a = [y for _, y, _ in take(td, 15, workers=0)]
+    b = [y for _, y, _ in take(td, 15, workers=1)]
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+
+def test_resampled_reproducible_from_seed(shards):
+    td = data(str(shards), epochs="resampled", epoch_steps=5)
+    a = [y for _, y, _ in take(td, 12)]
+    b = [y for _, y, _ in take(td, 12)]
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    ids = torch.cat(a).tolist()
+    assert len(set(ids)) < len(ids)  # drawn with replacement: 192 draws from 200 repeat some
+    other = ShardTrainData(td.shards, ident, td.options)
+    loader = other.make_train_loader(
+        global_batch=16,
+        accum=1,
+        rank=0,
+        world=1,
+        workers=0,
+        seed=8,
+        start_micro=0,
+        pin_memory=False,
+    )
+    c = [next(iter(loader))[1]]
+    assert not torch.equal(c[0], a[0])
+
+
+def test_pattern_without_manifest(shards, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for p in shards.glob("*.tar"):
+        shutil.copy(p, plain / p.name)
+    pattern = str(plain / "{split}-{000000..000004}.tar")
+    with pytest.raises(ValueError, match="exact epochs need per-shard sample counts"):
+        take(data(pattern), 1)
+    with pytest.raises(ValueError, match="set data.epoch_steps"):
+        take(data(pattern, epochs="resampled"), 1)
+    out = take(data(pattern, epochs="resampled", epoch_steps=3), 6)
+    assert all(y.shape == (16,) for _, y, _ in out)
+
+
+def real_images(sample: dict, seed: int) -> tuple[torch.Tensor, int]:
+    return ImageSample(3, None)(sample, seed)
+
+
+def health_of(out) -> DataHealth:
+    h = DataHealth(max_bad_fraction=1.0)
+    for _, _, meta in out:
+        h.update(meta["good"], meta["bad"])
+    return h
+
+
+def test_truncated_shard_is_counted_and_batches_stay_full(shards):
+    truncate(shards / "train-000001.tar", 0.5)  # 50 samples, about half lost
+    out = take(data(str(shards)), 10, workers=2, batch=20)  # one epoch, nothing dropped
+    assert all(x.shape[0] == 20 for x, _, _ in out)  # topped up: every rank keeps its steps
+    h = health_of(out)
+    assert set(h.by_kind()) == {"truncated"}
+    assert 20 <= h.n_bad <= 30 and h.good + h.n_bad == 200
+    ids = [i for _, y, _ in out for i in y.tolist()]
+    assert len(set(ids)) == h.good  # each surviving sample once; repeats only fill the gap
+
+
+def test_bad_samples_counted_by_kind(tmp_path):
+    bad = {3: "decode", 77: "decode", 120: "shape", 199: "missing"}
+    src = make_shards(tmp_path / "bad", COUNTS, bad=bad)
+    out = take(data(str(src), sample_fn=real_images), 10, workers=2, batch=20)
+    h = health_of(out)
+    assert h.by_kind() == {"decode": 2, "shape": 1, "missing": 1} and h.good == 196
+    assert all(x.shape == (20, 3, 8, 8) for x, _, _ in out)
+    labels = {i for _, y, _ in out for i in y.tolist()}
+    assert labels == set(range(200)) - set(bad)
+
+
+def test_all_bad_range_raises(tmp_path):
+    src = make_shards(tmp_path / "gray", [40], bad={i: "shape" for i in range(40)})
+    with pytest.raises(BadDataError, match="no decodable sample"):
+        take(data(str(src), sample_fn=real_images), 1, batch=20)
+
+
+def test_pickle_members_refused_unless_opted_in(tmp_path):
+    src = make_shards(tmp_path / "p", COUNTS, extra={150: {"pyd": b"\x80\x04K\x01."}})
+    with pytest.raises(PickleMemberError, match="never unpickles"):
+        take(data(str(src), shuffle_buffer=0), 10, batch=20)  # one epoch reads every shard
+    ok = take(data(str(src), shuffle_buffer=0, allow_pickle=True), 10, batch=20)
+    assert all(meta["good"] == 20 for _, _, meta in ok)
+
+
+def test_health_limit():
+    h = DataHealth(max_bad_fraction=0.1, min_samples=100)
+    h.update(50, {"decode\ts0.tar": 10})
+    h.check(50, 10)  # under min_samples: not judged yet
+    with pytest.raises(BadDataError, match="max_bad_fraction"):
+        h.check(50, 10, force=True)
+    h.check(1000, 10)
+    assert h.metrics() == {"data/good": 50, "data/bad": 10, "data/bad_decode": 10}
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def http_root(shards):
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    handler = functools.partial(_QuietHandler, directory=str(shards))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_pipe_url_from_local_http_server(shards, http_root):
+    source = f"pipe:curl -sf {http_root}/{{name}}"
+    remote = [y for _, y, _ in take(data(source), 12, workers=2)]
+    local = [y for _, y, _ in take(data(str(shards)), 12, workers=2)]
+    assert all(torch.equal(a, b) for a, b in zip(remote, local, strict=True))

@@ -1,0 +1,145 @@
+"""The CIFAR-10 shards recipe end to end on synthetic 32x32 shards: one process, resume, bad
+data over the limit, two processes under torchrun, and a ``pipe:`` URL from a local server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from shard_synth import make_shards
+
+import nepa.train.trainer as trainer_mod
+from nepa.config import load_recipe
+from nepa.data.shards.health import BadDataError
+from nepa.train.checkpoint import list_checkpoints, load_checkpoint
+from nepa.train.rundir import read_metrics
+from nepa.train.trainer import train
+
+RECIPE = f"{Path(__file__).resolve().parents[2] / 'recipes' / 'cifar10.py'}:shards"
+SMALL = [
+    "train.batch_size=16",
+    "train.steps=6",
+    "train.log_every=1",
+    "train.ckpt_every=100",
+    "train.precision=fp32",
+    "train.device=cpu",
+    "predictor.dim=32",
+    "predictor.depth=2",
+    "predictor.heads=2",
+    "data.shuffle_buffer=32",
+]
+
+
+def recipe(source: str | Path, *extra: str):
+    return load_recipe(RECIPE, [f"data.source={source}", *SMALL, *extra])[0]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cifar-like")
+    make_shards(root, [20, 30, 25, 21], size=32, channels=3)  # 96 = 6 steps of 16
+    return make_shards(root, [40], split="test", size=32, channels=3)
+
+
+@pytest.fixture(scope="module")
+def baseline(source: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("baseline") / "run"
+    return out, train(recipe(source), out, progress=False)
+
+
+def test_trains_one_epoch_and_logs_data_health(baseline) -> None:
+    out, result = baseline
+    assert result.step == 6 and all(torch.isfinite(torch.tensor(result.losses)))
+    records = read_metrics(out)
+    health = [r for r in records if "data/good" in r]
+    assert health[-1]["data/good"] == 96 and health[-1]["data/bad"] == 0
+    epochs = [r for r in records if "data/epoch" in r]
+    assert [r["data/epoch"] for r in epochs] == [0] and epochs[0]["data/epoch_bad"]["bad"] == 0
+    state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
+    assert state["data"]["kind"] == "shards" and state["data"]["workers"] == 1
+
+
+def test_sigterm_mid_epoch_then_resume_equals_no_interruption(
+    source: Path, baseline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, result = baseline
+    original = trainer_mod.Trainer._accumulate
+
+    def accumulate(self, batches):
+        out = original(self, batches)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod.Trainer, "_accumulate", accumulate)
+        first = train(recipe(source), tmp_path / "run", progress=False)
+    assert first.stopped_by == "sigterm" and first.step == 3
+    second = train(recipe(source), tmp_path / "run", resume=True, progress=False)
+    assert first.losses + second.losses == result.losses
+
+
+def test_resume_refuses_another_worker_count(baseline, source: Path, tmp_path: Path) -> None:
+    out, _ = baseline
+    shutil.copytree(out, tmp_path / "run")
+    with pytest.raises(Exception, match="same number of processes and train.num_workers"):
+        train(recipe(source, "train.num_workers=2", "train.steps=6"), tmp_path / "run", resume=True)
+
+
+def test_bad_data_over_the_limit_stops_with_a_checkpoint(tmp_path: Path) -> None:
+    bad = {i: "decode" for i in range(0, 96, 4)}  # 25% undecodable
+    src = make_shards(tmp_path / "bad", [48, 48], size=32, channels=3, bad=bad)
+    run = tmp_path / "run"
+    with pytest.raises(BadDataError, match=r"24 of 96 samples .* over data.max_bad_fraction=0.1"):
+        train(recipe(src, "data.max_bad_fraction=0.1", "train.steps=12"), run, progress=False)
+    [ckpt] = list_checkpoints(run / "checkpoints")  # saved at the end of the first epoch
+    assert load_checkpoint(ckpt)["step"] == 6
+    # Under the limit the same data trains, and the skips are reported.
+    ok = train(recipe(src, "data.max_bad_fraction=0.3"), tmp_path / "ok", progress=False)
+    assert ok.step == 6
+    last = [r for r in read_metrics(tmp_path / "ok") if "data/bad" in r][-1]
+    assert last["data/bad"] == 24 and last["data/bad_decode"] == 24
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    sets = [a for s in [f"data.source={source}", *SMALL] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    cmd += ["-m", "nepa.cli", "train", RECIPE, "--out", str(out), "--no-progress", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((out / "meta.json").read_text())["world_size"] == 2
+    health = [r for r in read_metrics(out) if "data/good" in r]
+    assert health[-1]["data/good"] == 96  # both ranks together read the epoch once
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_pipe_url_from_a_local_http_server(source: Path, baseline, tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(source))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"pipe:curl -sf http://127.0.0.1:{server.server_address[1]}/{{name}}"
+        result = train(recipe(url), tmp_path / "run", progress=False)
+    finally:
+        server.shutdown()
+    assert result.losses == baseline[1].losses  # the same bytes, the same run
