@@ -47,22 +47,27 @@ def read_shard(
         errors.append(exn)
         return False  # stop this shard: after a tar error the stream position is unknown
 
-    n = 0  # samples read from the shard so far
+    # One sample is held back until the next one starts (or the tar ends cleanly): when a tar
+    # breaks, the sample being read may lack members, so it is counted as lost, not returned.
+    held, n = None, 0  # n: index of the next sample the tar yields
     for sample in tarfile_samples([{"url": url}], handler=handler):
-        if stop is not None and n >= stop:
+        if held is not None and start <= n - 1:
+            yield check_pickles(held, allow_pickle, name)
+        held, n = sample, n + 1
+        if stop is not None and n > stop:
             return
-        if n >= start:
-            yield check_pickles(sample, allow_pickle, name)
-        n += 1
-    lost = max(stop - max(n, start), 0) if stop is not None else 0
+    if held is not None and not errors and start <= n - 1:
+        yield check_pickles(held, allow_pickle, name)
+    good_end = n if not errors else max(n - 1, 0)  # samples known to be whole
+    lost = max(stop - max(good_end, start), 0) if stop is not None else 0
     if errors:
         e = errors[0]
         msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if not _is_read_error(e):
-            bad.add(name, "corrupt", f"{msg} after {n} sample(s)", n=max(lost, 1))
+            bad.add(name, "corrupt", f"{msg} after {good_end} sample(s)", n=max(lost, 1))
         elif lost or stop is None:
             # Without a known count, an unreadable tail counts as one event.
-            bad.add(name, "truncated", f"{msg} after {n} sample(s)", n=max(lost, 1))
+            bad.add(name, "truncated", f"{msg} after {good_end} sample(s)", n=max(lost, 1))
     elif lost:
         bad.add(name, "truncated", f"shard ended after {n} of {expected} samples", n=lost)
 

@@ -72,8 +72,9 @@ def test_truncated_shard(good: Path) -> None:
     shard.write_bytes(data[:3000])  # inside the 2nd sample (members are 512-byte blocks)
     report = verify_shards(str(good))
     assert report["ok"] is False
-    # the 2nd sample is cut short (no payload), the 3rd lost; the file differs from the manifest
-    assert report["bad_by_kind"] == {"corrupt": 1, "missing": 1, "truncated": 1}
+    # the 2nd sample is cut short and the 3rd lost: both truncated (a sample the tar broke in is
+    # never handed out half-read); the file also differs from the manifest
+    assert report["bad_by_kind"] == {"corrupt": 1, "truncated": 2}
     assert report["samples"] == 6 and report["expected"] == 8
     assert {b["shard"] for b in report["bad"]} == {"train-000001.tar"}
     corrupt = [b for b in report["bad"] if b["kind"] == "corrupt"]
