@@ -3,6 +3,8 @@
 nepa bench step [--dim 384 --depth 12 --heads 6 --tokens 256 --batch B
                  --precision fp32,bf16 --steps N --warmup W --device auto|cpu|cuda
                  --threads N --json FILE]
+nepa bench loader [--archive CIFAR_TAR_GZ --work DIR --workers 0,1,2 --batch 128
+                   --batches 40 --rounds 3 --json FILE]
 """
 
 from __future__ import annotations
@@ -53,6 +55,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--json", type=Path, metavar="FILE", help="also write every figure and machine info here"
     )
     step.set_defaults(func=_step)
+
+    loader = sub.add_parser(
+        "loader",
+        help="CIFAR-10 batches/s from shards vs torchvision ImageFolder, and vs the demo model",
+        description="Extracts the CIFAR-10 archive and writes its shards once (under --work), "
+        "then times both loaders (decode + the recipe's augmentation) per worker count, in "
+        "alternating rounds, and the demo model's training step.",
+    )
+    loader.add_argument("--archive", default="${NEPA_DATA_DIR}/cifar10-png.tar.gz")
+    loader.add_argument("--work", default="~/.cache/nepa/bench/cifar10")
+    loader.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+    loader.add_argument("--batch", type=int, default=128)
+    loader.add_argument("--batches", type=int, default=40, help="timed batches per measurement")
+    loader.add_argument("--rounds", type=int, default=3)
+    loader.add_argument("--json", type=Path, metavar="FILE")
+    loader.set_defaults(func=_loader)
+
+
+def _loader(args: argparse.Namespace) -> int:
+    from nepa.bench.loader import LoaderBenchConfig, run_loader_bench
+
+    try:
+        workers = tuple(int(w) for w in args.workers.split(","))
+    except ValueError:
+        print(
+            f"nepa bench loader: error: --workers must be like 0,1,2, got {args.workers!r}",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = LoaderBenchConfig(
+        archive=args.archive,
+        work=args.work,
+        workers=workers,
+        batch=args.batch,
+        batches=args.batches,
+        rounds=args.rounds,
+    )
+    try:
+        result = run_loader_bench(cfg)
+    except FileNotFoundError as e:
+        print(f"nepa bench loader: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -14,9 +14,9 @@ import sys
 import tarfile
 
 from nepa.data.shards.manifest import read_manifest
-from nepa.data.shards.sources import SOURCES_HELP, open_source
+from nepa.data.shards.sources import SOURCES_HELP
 from nepa.data.shards.verify import summary, verify_shards
-from nepa.data.shards.write import write_shards
+from nepa.data.shards.write import write_source
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +91,11 @@ def _error(command: str, e: BaseException) -> int:
 def _write(args: argparse.Namespace) -> int:
     seed = None if args.no_shuffle else args.shuffle_seed
     try:
-        source = open_source(args.source, args.split)
-        info = write_shards(
-            source.samples,
+        info = write_source(
+            args.source,
             args.out_dir,
             split=args.split,
             shard_size=args.shard_size,
-            modality=source.modality,
-            classes=source.classes,
-            created={"source": args.source, "source_kind": source.kind},
             shuffle_seed=seed,
             progress=_progress(args),
         )

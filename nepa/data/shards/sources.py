@@ -183,8 +183,9 @@ def _image_samples(files: list[tuple[str, Load]], classes: list[str]) -> Iterato
         yield {
             "__key__": _key("/".join(parts[-2:])),
             ext: load(),
+            # No .json: the key holds class and file name, and every extra tar member costs
+            # the reader ~45 us per sample (a third of a CIFAR-10 sample's read time).
             "cls": index[parts[-2]],
-            "json": {"path": rel, "class": parts[-2]},
         }
 
 

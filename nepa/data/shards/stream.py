@@ -233,7 +233,7 @@ class ShardStream(IterableDataset):
 
     def _batch(self, raw, epoch: int, stream: int, bad: BadData):
         mb = self.layout.micro_batch
-        items = [self._decode(i, s, epoch, bad) for i, s in itertools.islice(raw, mb)]
+        items = self._decode_all(list(itertools.islice(raw, mb)), epoch, bad)
         good = [it for it in items if it is not None]
         n_good = len(good)
         if not good:
@@ -243,21 +243,25 @@ class ShardStream(IterableDataset):
         finish = getattr(self.sample_fn, "finish_batch", None)  # e.g. normalise a whole batch
         return (x if finish is None else finish(x)), torch.tensor([y for _, y in filled]), n_good
 
-    def _decode(self, sid: int, sample: dict, epoch: int, bad: BadData):
-        seed = int(aug_seeds(self.layout.seed, epoch, np.asarray([sid]))[0])
-        try:
-            return self.sample_fn(sample, seed)
-        except DecodeError as e:
-            bad.add(
-                shard_name(sample.get("__url__", "?")), e.kind, str(e), key=sample.get("__key__")
-            )
-            return None
+    def _decode_all(self, raws: list[tuple[int, dict]], epoch: int, bad: BadData) -> list:
+        """Decode and augment; a bad sample is counted and becomes None."""
+        sids = np.fromiter((sid for sid, _ in raws), dtype=np.int64, count=len(raws))
+        seeds = aug_seeds(self.layout.seed, epoch, sids).tolist()  # one call per batch
+        out = []
+        for (_, sample), seed in zip(raws, seeds, strict=True):
+            try:
+                out.append(self.sample_fn(sample, seed))
+            except DecodeError as e:
+                name = shard_name(sample.get("__url__", "?"))
+                bad.add(name, e.kind, str(e), key=sample.get("__key__"))
+                out.append(None)
+        return out
 
     def _refill(self, epoch: int, stream: int, n: int) -> list:
         """Good samples from the start of the stream's epoch, for batches past a truncated end."""
         scratch, out = BadData(), []
-        for sid, sample in self.raw(epoch, stream, scratch):
-            item = self._decode(sid, sample, epoch, scratch)
+        for raw in self.raw(epoch, stream, scratch):
+            [item] = self._decode_all([raw], epoch, scratch)
             if item is not None:
                 out.append(item)
                 if len(out) == n:

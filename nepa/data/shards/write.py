@@ -56,6 +56,7 @@ from nepa.data.shards.codecs import (
     payload_field,
 )
 from nepa.data.shards.manifest import MANIFEST, Manifest, ShardInfo, SplitInfo, parse_manifest
+from nepa.data.shards.sources import open_source
 
 log = logging.getLogger(__name__)
 
@@ -434,3 +435,28 @@ def _peek_chunk(it: Iterator[dict[str, Any]], size: int) -> Iterator[dict[str, A
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_source(
+    spec: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    split: str = "train",
+    shard_size: int = 1000,
+    shuffle_seed: int | None = 0,
+    progress: bool = False,
+) -> SplitInfo:
+    """Write split ``split`` of a built-in source (image folder or tar, npz, audio folder or
+    tar; see :func:`nepa.data.shards.sources.open_source`) as shards into ``out_dir``."""
+    source = open_source(spec, split)
+    return write_shards(
+        source.samples,
+        out_dir,
+        split=split,
+        shard_size=shard_size,
+        modality=source.modality,
+        classes=source.classes,
+        created={"source": spec, "source_kind": source.kind},
+        shuffle_seed=shuffle_seed,
+        progress=progress,
+    )

@@ -123,19 +123,18 @@ def test_image_folder_round_trip(
     got = _read_back(out, "train")
     train = {rel: data for rel, data in image_files.items() if rel.startswith("train/")}
     assert len(got) == len(train) == 6
-    for s in got.values():
-        meta = json.loads(s["json"])
-        assert s["png"] == train[meta["path"]]  # original bytes, not re-encoded
-        assert (
-            int(s["cls"])
-            == CLASSES.index(meta["class"])
-            == CLASSES.index(meta["path"].split("/")[1])
-        )
+    by_key = {f"{rel.split('/')[1]}_{Path(rel).stem}": rel for rel in train}
+    assert set(got) == set(by_key)  # the key is <class>_<file stem>
+    for key, s in got.items():
+        rel = by_key[key]
+        assert s["png"] == train[rel]  # original bytes, not re-encoded
+        assert int(s["cls"]) == CLASSES.index(rel.split("/")[1])
+        assert set(s) - {"__key__", "__url__"} == {"png", "cls"}
     manifest, _ = read_manifest(str(out))
     info = manifest.splits["train"]
     assert (manifest.modality, manifest.classes) == ("image", CLASSES)
     assert [s.samples for s in info.shards] == [4, 2] and info.samples == 6
-    assert info.fields == ["cls", "json", "png"]
+    assert info.fields == ["cls", "png"]
     pixels = np.stack([decode_image_bytes(b).permute(1, 2, 0).numpy() for b in train.values()])
     np.testing.assert_allclose([info.mean, info.std], channel_stats(pixels), rtol=1e-9)
     assert manifest.created["splits"]["train"]["source_kind"] == "image_folder"
