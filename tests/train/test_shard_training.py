@@ -143,3 +143,15 @@ def test_pipe_url_from_a_local_http_server(source: Path, baseline, tmp_path: Pat
     finally:
         server.shutdown()
     assert result.losses == baseline[1].losses  # the same bytes, the same run
+
+
+def test_knn_eval_of_a_shard_run(baseline, tmp_path: Path) -> None:
+    from nepa.cli import main
+
+    out, _ = baseline
+    report = tmp_path / "knn.json"
+    assert main(["eval", "knn", str(out), "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    # Test image i (label i) is pixel-identical to train image i, so a kNN that reads images and
+    # labels from the shards right finds most of them; with labels misread it would score ~0.
+    assert r["n_test"] == 40 and r["n_train"] == 96 and r["top1"] > 0.5
