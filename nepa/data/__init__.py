@@ -2,6 +2,7 @@
 
 from nepa.data import images  # noqa: F401  (registration)
 from nepa.data.base import DATASETS, DataConfig, build_dataset
+from nepa.data.shards import array as _array_shards  # noqa: F401  (registration)
 from nepa.data.shards import image as _image_shards  # noqa: F401  (registration)
 
 __all__ = ["DATASETS", "DataConfig", "build_dataset"]

@@ -8,7 +8,6 @@ manifest for the train split.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -25,13 +24,11 @@ from nepa.data.images import (
     train_augment,
 )
 from nepa.data.shards.codecs import IMAGE_EXTS, DecodeError, decode_image_bytes, payload_field
-from nepa.data.shards.health import BadData
 from nepa.data.shards.manifest import ShardList, resolve_shards
 from nepa.data.shards.options import ShardOptions
-from nepa.data.shards.reader import read_shard, shard_name
+from nepa.data.shards.reader import decode_all
 from nepa.data.shards.stream import ShardTrainData
 
-log = logging.getLogger(__name__)
 
 
 class ImageShardsConfig(ImageDataConfig, ShardOptions):
@@ -97,20 +94,13 @@ def _classes(shards: ShardList, labels: np.ndarray) -> list[str]:
 
 def read_split(cfg: ImageShardsConfig, shards: ShardList) -> tuple[list[np.ndarray], np.ndarray]:
     """Decode every sample of a split: (list of (H, W, C) uint8, labels (N,) int64)."""
-    bad, images, labels = BadData(), [], []
-    counts = shards.counts or [None] * len(shards.urls)
-    for url, expected in zip(shards.urls, counts, strict=True):
-        for sample in read_shard(url, bad, expected=expected, allow_pickle=cfg.allow_pickle):
-            try:
-                img_CHW, y = decode_sample(sample, cfg.channels)
-            except DecodeError as e:
-                bad.add(shard_name(url), e.kind, str(e), key=sample.get("__key__"))
-                continue
-            images.append(img_CHW.permute(1, 2, 0).numpy())
-            labels.append(y)
-    if bad.total:
-        log.warning("%s: skipped %d bad sample(s) while reading a split", cfg.source, bad.total)
-    return images, np.asarray(labels, dtype=np.int64)
+
+    def decode(sample: dict[str, Any]) -> tuple[np.ndarray, int]:
+        img_CHW, y = decode_sample(sample, cfg.channels)
+        return img_CHW.permute(1, 2, 0).numpy(), y
+
+    items = decode_all(shards, decode, allow_pickle=cfg.allow_pickle, where=cfg.source)
+    return [x for x, _ in items], np.asarray([y for _, y in items], dtype=np.int64)
 
 
 @DATASETS.register("image_shards", config=ImageShardsConfig)

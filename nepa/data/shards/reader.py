@@ -7,14 +7,19 @@ sample count (from the manifest) the samples it lost are counted as ``truncated`
 
 from __future__ import annotations
 
+import logging
 import tarfile
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from webdataset.tariterators import tarfile_samples
 
-from nepa.data.shards.codecs import check_pickles
+from nepa.data.shards.codecs import DecodeError, check_pickles
 from nepa.data.shards.health import BadData
+from nepa.data.shards.manifest import ShardList
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def shard_name(url: str) -> str:
@@ -76,3 +81,23 @@ def _is_read_error(e: BaseException) -> bool:
     return isinstance(e, tarfile.TarError | EOFError | OSError | ValueError) and (
         "duplicate file name" not in str(e)
     )
+
+
+def decode_all(
+    shards: ShardList, decode: Callable[[dict[str, Any]], T], *, allow_pickle: bool, where: str
+) -> list[T]:
+    """Read and decode every sample of a split in order (for evaluation, which needs it all in
+    memory); bad samples are counted, logged once per shard and summarised, then skipped."""
+    bad, out = BadData(), []
+    counts = shards.counts or [None] * len(shards.urls)
+    for url, expected in zip(shards.urls, counts, strict=True):
+        for sample in read_shard(url, bad, expected=expected, allow_pickle=allow_pickle):
+            try:
+                out.append(decode(sample))
+            except DecodeError as e:
+                bad.add(shard_name(url), e.kind, str(e), key=sample.get("__key__"))
+    if bad.total:
+        log.warning("%s: skipped %d bad sample(s) while reading a split", where, bad.total)
+    if not out:
+        raise ValueError(f"{where}: no readable sample in this split")
+    return out

@@ -1,0 +1,110 @@
+"""``array_shards``: numeric arrays (``.npy``) streamed from shards, e.g. sensor windows.
+
+Each sample's ``.npy`` must have exactly ``shape`` (the model input, e.g. ``[6, 128]`` for six
+channels of 128 time steps); anything else is a ``shape`` error, counted and skipped like any
+bad sample. Values are cast to float32 and normalised by ``mean``/``std`` per leading channel
+when given. There is no augmentation: an encoder for arrays brings its own if it needs one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import PositiveInt, model_validator
+from torch.utils.data import Dataset
+
+from nepa.data.base import DATASETS
+from nepa.data.shards.codecs import ARRAY_EXTS, DecodeError, decode_npy_bytes, payload_field
+from nepa.data.shards.manifest import resolve_shards
+from nepa.data.shards.options import ShardOptions
+from nepa.data.shards.reader import decode_all
+from nepa.data.shards.stream import ShardTrainData
+
+
+class ArrayShardsConfig(ShardOptions):
+    """``shape``: the shape of every sample; ``mean``/``std``: one value per ``shape[0]``."""
+
+    kind: Literal["array_shards"] = "array_shards"
+    shape: tuple[PositiveInt, ...]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check_stats(self) -> ArrayShardsConfig:
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and len(v) != self.shape[0]:
+                raise ValueError(
+                    f"{name} has {len(v)} values; give one per channel (shape[0] = {self.shape[0]})"
+                )
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std values must be > 0, got {self.std}")
+        return self
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape)
+
+
+class ArraySample:
+    """Decode a ``.npy`` payload, check its shape, cast and normalise: (x, label or -1)."""
+
+    def __init__(self, cfg: ArrayShardsConfig) -> None:
+        self.shape = tuple(cfg.shape)
+        extra = (1,) * (len(cfg.shape) - 1)  # broadcast per leading channel
+        self.mean = None if cfg.mean is None else torch.tensor(cfg.mean).reshape(-1, *extra)
+        self.std = None if cfg.std is None else torch.tensor(cfg.std).reshape(-1, *extra)
+
+    def __call__(self, sample: dict[str, Any], seed: int = 0) -> tuple[torch.Tensor, int]:
+        arr = decode_npy_bytes(sample[payload_field(sample, ARRAY_EXTS)])
+        if arr.shape != self.shape:
+            raise DecodeError(f"array of shape {arr.shape}, expected {self.shape}", kind="shape")
+        if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
+            raise DecodeError(f"array of dtype {arr.dtype} is not numeric")
+        x = torch.from_numpy(arr.astype(np.float32, copy=False))
+        if self.mean is not None:
+            x = x - self.mean
+        if self.std is not None:
+            x = x / self.std
+        label = sample.get("cls")
+        try:
+            return x, int(label.decode()) if label is not None else -1
+        except ValueError:
+            raise DecodeError(f".cls is not an integer: {label[:20]!r}") from None
+
+
+class ArrayDataset(Dataset):
+    """A split in memory for evaluation: ``ds[i]`` -> (x, label)."""
+
+    def __init__(self, xs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
+        self.xs, self.labels, self.classes = xs, labels, classes  # (N, *shape), (N,)
+        self.num_classes = len(classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index = key[0] if isinstance(key, tuple) else key
+        return self.xs[index], int(self.labels[index])
+
+
+@DATASETS.register("array_shards", config=ArrayShardsConfig)
+def build_array_shards(
+    cfg: ArrayShardsConfig, *, split: str, train: bool
+) -> ShardTrainData | ArrayDataset:
+    shards = resolve_shards(cfg.source, split)
+    sample_fn = ArraySample(cfg)
+    if train:
+        return ShardTrainData(shards, sample_fn, cfg)
+    items = decode_all(shards, sample_fn, allow_pickle=cfg.allow_pickle, where=cfg.source)
+    xs, ys = zip(*items, strict=True)
+    labels = torch.tensor(ys, dtype=torch.int64)
+    m = shards.manifest
+    classes = (
+        list(m.classes)
+        if m is not None and m.classes
+        else [str(i) for i in range(int(labels.max()) + 1)]
+    )
+    return ArrayDataset(torch.stack(xs), labels, classes)
