@@ -69,24 +69,40 @@ def test_trains_one_epoch_and_logs_data_health(baseline) -> None:
     assert state["data"]["kind"] == "shards" and state["data"]["workers"] == 1
 
 
-def test_sigterm_mid_epoch_then_resume_equals_no_interruption(
-    source: Path, baseline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, result = baseline
+def _sigterm_after_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     original = trainer_mod.Trainer._accumulate
 
     def accumulate(self, batches):
         out = original(self, batches)
-        if self.step == 2:
+        if self.step == step - 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
+    monkeypatch.setattr(trainer_mod.Trainer, "_accumulate", accumulate)
+
+
+def test_sigterm_mid_epoch_then_resume_equals_no_interruption(
+    source: Path, baseline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, result = baseline
     with monkeypatch.context() as m:
-        m.setattr(trainer_mod.Trainer, "_accumulate", accumulate)
+        _sigterm_after_step(m, 3)
         first = train(recipe(source), tmp_path / "run", progress=False)
     assert first.stopped_by == "sigterm" and first.step == 3
     second = train(recipe(source), tmp_path / "run", resume=True, progress=False)
     assert first.losses + second.losses == result.losses
+
+
+def test_resampled_resume_equals_no_interruption(
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = recipe(source, "data.epochs=resampled", "data.epoch_steps=4", "train.steps=7")
+    full = train(cfg, tmp_path / "full", progress=False)
+    with monkeypatch.context() as m:
+        _sigterm_after_step(m, 5)  # in the second nominal epoch
+        first = train(cfg, tmp_path / "run", progress=False)
+    second = train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert first.step == 5 and first.losses + second.losses == full.losses
 
 
 def test_resume_refuses_another_worker_count(baseline, source: Path, tmp_path: Path) -> None:
