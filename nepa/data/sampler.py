@@ -117,6 +117,18 @@ def aug_seeds(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
 
 
 def _check(n_items: int, global_batch: int, accum: int, rank: int, world: int, start: int) -> None:
+    check_layout(global_batch, accum, rank, world)
+    if n_items < global_batch:
+        raise ValueError(
+            f"the dataset has {n_items} items, fewer than one global batch of {global_batch}; "
+            "lower the batch size or use more data"
+        )
+    if start < 0:
+        raise ValueError(f"start_micro must be >= 0, got {start}")
+
+
+def check_layout(global_batch: int, accum: int, rank: int, world: int) -> None:
+    """Raise unless the global batch splits evenly into accum micro-batches on world ranks."""
     if min(global_batch, accum, world) < 1:
         raise ValueError(
             f"global_batch ({global_batch}), accum ({accum}) and world ({world}) must be >= 1"
@@ -128,10 +140,3 @@ def _check(n_items: int, global_batch: int, accum: int, rank: int, world: int, s
         )
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} must be in [0, world={world})")
-    if n_items < global_batch:
-        raise ValueError(
-            f"the dataset has {n_items} items, fewer than one global batch of {global_batch}; "
-            "lower the batch size or use more data"
-        )
-    if start < 0:
-        raise ValueError(f"start_micro must be >= 0, got {start}")

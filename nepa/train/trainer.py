@@ -18,7 +18,7 @@ from tqdm import tqdm
 from nepa.config import RunConfig
 from nepa.data.base import build_dataset
 from nepa.data.loader import TrainLoader, train_loader
-from nepa.data.shards.health import BadDataError, DataHealth
+from nepa.data.shards.health import BadDataError, DataHealth, Totals
 from nepa.train.build import build_objective, place, resolve_precision
 from nepa.train.checkpoint import (
     CheckpointError,
@@ -100,6 +100,9 @@ class Trainer:
         self._stop_requested = False
         self._loader: TrainLoader | None = None
         self.health: DataHealth | None = None
+        self._restored_health: dict = {}
+        self._saved_health: dict = {}
+        self._data_fatal: str | None = None
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -112,6 +115,7 @@ class Trainer:
             "config": self.cfg.model_dump(mode="json"),
             "world_size": self.env.world,
             "data": self._data_state,
+            "data_health": self._saved_health,
         }
 
     def restore(self) -> None:
@@ -130,6 +134,7 @@ class Trainer:
                 f"config (see {self.run_dir.path / 'config.json'}) or start a new --out"
             )
         self._check_data_state(state.get("data"))
+        self._restored_health = state.get("data_health") or {}
         self.objective.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
@@ -137,6 +142,8 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def save(self) -> None:
+        totals = self._data_totals()  # a collective, so before the rank-0-only write
+        self._saved_health = {} if totals is None else {"good": totals.good, "bad": totals.bad}
         if self.env.is_main:
             path = save_checkpoint(
                 self.run_dir.ckpt_dir, self.step, self.state(), self.cfg.train.keep_ckpts
@@ -214,6 +221,8 @@ class Trainer:
         self._loader = self.loader()
         if self._loader.max_bad_fraction is not None:
             self.health = DataHealth(self._loader.max_bad_fraction)
+            if self.env.is_main:  # the saved totals are over all ranks: add them once
+                self.health.restore(self._restored_health)
         batches = iter(self._loader)
         bar = tqdm(
             total=total,
@@ -227,15 +236,16 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self._seed_step()
-            try:
-                loss, n, ntok = self._accumulate(batches)
-            except BadDataError:  # raised by a loader worker that found nothing decodable
-                self.save()
-                raise
-            stop = float(self._stop_requested)
-            loss_all, stop_all = all_reduce(
-                torch.stack([loss, torch.tensor(stop, device=loss.device)]).float()
+            loss, n, ntok = self._accumulate(batches)
+            flags = torch.tensor(
+                [float(self._stop_requested), float(self._data_fatal is not None)],
+                device=loss.device,
+            )
+            loss_all, stop_all, fatal_all = all_reduce(
+                torch.cat([loss.reshape(1).float(), flags])
             ).tolist()
+            if fatal_all > 0:
+                self._stop_for_data()
             if not torch.isfinite(torch.tensor(loss_all)):
                 raise NonFiniteLossError(
                     f"loss is {loss_all} at step {self.step + 1}; stopping without saving, the last good "
@@ -299,8 +309,8 @@ class Trainer:
         total, n, ntok = torch.zeros((), device=dev), 0, 0.0
         for micro in range(accum):
             x, _, meta = next(batches)
-            if meta is not None and self.health is not None:
-                self.health.update(meta["good"], meta["bad"])
+            if meta is not None:
+                self._data_meta(meta, self.step * accum + micro)
             x = x.to(dev, non_blocking=True)
             with (
                 no_sync(self.model, micro < accum - 1),
@@ -313,41 +323,65 @@ class Trainer:
             ntok += float(metrics.get("tokens", 0))
         return total / accum, n, ntok
 
-    def _data_check(self, epoch_end: bool) -> dict:
-        """Bad-data totals over all ranks: metrics, the end-of-epoch summary, and the limit
-        (a saved checkpoint, then BadDataError, on every rank at once)."""
+    def _data_meta(self, meta: dict, expected_micro: int) -> None:
+        """Take in a stream batch's report: counts, or the fatal flag of a failed loader."""
+        if meta.get("fatal") is not None:
+            if self._data_fatal is None:
+                log.error("data loader on rank %d failed: %s", self.env.rank, meta["fatal"])
+            self._data_fatal = meta["fatal"]
+            return
+        if meta["micro"] != expected_micro:
+            raise RuntimeError(
+                f"data stream out of order: got micro-batch {meta['micro']}, expected "
+                f"{expected_micro} (a DataLoader that does not hand batches out in order?)"
+            )
+        if self.health is not None:
+            self.health.update(meta["good"], meta["bad"])
+
+    def _stop_for_data(self) -> None:
+        """A loader failed on some rank: drop this step's gradients, save, stop on every rank."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.save()
+        raise BadDataError(
+            self._data_fatal
+            or "a data loader failed on another rank (its log says why); stopping every rank"
+        )
+
+    def _data_totals(self) -> Totals | None:
+        """Bad-data counts summed over all ranks (a collective: call on every rank)."""
         if self.health is None:
+            return None
+        v = torch.tensor(self.health.vector(), dtype=torch.float64, device=self.env.device)
+        return DataHealth.totals(all_reduce(v, "sum").tolist())
+
+    def _data_check(self, epoch_end: bool) -> dict:
+        """Metrics, the end-of-epoch summary and the bad-data limit, from totals over all ranks
+        (so every rank saves and raises BadDataError at the same step)."""
+        totals = self._data_totals()
+        if totals is None:
             return {}
-        h = self.health
-        totals = torch.tensor([h.good, h.n_bad], dtype=torch.float64, device=self.env.device)
-        good, bad = all_reduce(totals, "sum").tolist()
-        good, bad = int(good), int(bad)
         if epoch_end:
             epoch = self.step // self._loader.steps_per_epoch - 1
-            summary = h.end_epoch(epoch)
+            worst = self.health.end_epoch()
+            kinds = {k: n for k, n in totals.epoch_bad.items() if n}
             log.info(
-                "epoch %d done: %d bad sample(s) on this rank %s; run total %d of %d read (%.3f%%)",
+                "epoch %d done: %d bad sample(s) %s; run total %d bad of %d read (%.3f%%)%s",
                 epoch,
-                summary["bad"],
-                summary["bad_by_kind"] or "",
-                bad,
-                good + bad,
-                100 * h.fraction(good, bad),
+                sum(kinds.values()),
+                kinds or "",
+                totals.n_bad,
+                totals.good + totals.n_bad,
+                100 * totals.fraction,
+                f"; worst shards on rank 0: {worst}" if worst else "",
             )
             if self.env.is_main:
-                self.run_dir.log(
-                    {"step": self.step, "data/epoch": epoch, "data/epoch_bad": summary}
-                )
+                self.run_dir.log({"step": self.step, "data/epoch": epoch, "data/epoch_bad": kinds})
         try:
-            h.check(good, bad, force=epoch_end)
+            self.health.check(totals, force=epoch_end)
         except BadDataError:
             self.save()
             raise
-        return {
-            "data/good": good,
-            "data/bad": bad,
-            **{k: v for k, v in h.metrics().items() if k.startswith("data/bad_")},
-        }
+        return totals.metrics()
 
     def _optimizer_step(self) -> float:
         clip = self.cfg.optim.clip_grad

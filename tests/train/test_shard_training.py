@@ -64,9 +64,9 @@ def test_trains_one_epoch_and_logs_data_health(baseline) -> None:
     health = [r for r in records if "data/good" in r]
     assert health[-1]["data/good"] == 96 and health[-1]["data/bad"] == 0
     epochs = [r for r in records if "data/epoch" in r]
-    assert [r["data/epoch"] for r in epochs] == [0] and epochs[0]["data/epoch_bad"]["bad"] == 0
+    assert [r["data/epoch"] for r in epochs] == [0] and epochs[0]["data/epoch_bad"] == {}
     state = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
-    assert state["data"]["kind"] == "shards" and state["data"]["workers"] == 1
+    assert state["data"]["kind"] == "shards" and state["data"]["streams"] == 1
 
 
 def _sigterm_after_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
@@ -120,21 +120,53 @@ def test_bad_data_over_the_limit_stops_with_a_checkpoint(tmp_path: Path) -> None
         train(recipe(src, "data.max_bad_fraction=0.1", "train.steps=12"), run, progress=False)
     [ckpt] = list_checkpoints(run / "checkpoints")  # saved at the end of the first epoch
     assert load_checkpoint(ckpt)["step"] == 6
-    # Under the limit the same data trains, and the skips are reported.
-    ok = train(recipe(src, "data.max_bad_fraction=0.3"), tmp_path / "ok", progress=False)
-    assert ok.step == 6
-    last = [r for r in read_metrics(tmp_path / "ok") if "data/bad" in r][-1]
-    assert last["data/bad"] == 24 and last["data/bad_decode"] == 24
+
+
+def test_bad_data_under_the_limit_is_reported_and_survives_a_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = {i: "decode" for i in range(0, 96, 4)}
+    src = make_shards(tmp_path / "bad", [48, 48], size=32, channels=3, bad=bad)
+    cfg = recipe(src, "data.max_bad_fraction=0.3")
+    train(cfg, tmp_path / "full", progress=False)
+    records = read_metrics(tmp_path / "full")
+    last = [r for r in records if "data/bad" in r][-1]
+    assert (last["data/good"], last["data/bad"], last["data/bad_decode"]) == (72, 24, 24)
+    assert [r["data/epoch_bad"] for r in records if "data/epoch" in r] == [{"decode": 24}]
+    with monkeypatch.context() as m:
+        _sigterm_after_step(m, 3)
+        train(cfg, tmp_path / "split", progress=False)
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    resumed = [r for r in read_metrics(tmp_path / "split") if "data/bad" in r][-1]
+    assert (resumed["data/good"], resumed["data/bad"]) == (72, 24)  # counted once, not twice
+
+
+@pytest.mark.slow
+def test_a_loader_failing_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
+    # One shard is all grey (1 channel, the recipe wants 3): whichever rank reads it finds no
+    # decodable sample. Both ranks must save and stop, not wait for each other forever.
+    src = make_shards(
+        tmp_path / "half", [48, 48], size=32, channels=3, bad={i: "shape" for i in range(48)}
+    )
+    out = tmp_path / "ddp"
+    proc = _torchrun(src, out, "data.max_bad_fraction=1.0", "train.steps=12")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no decodable sample" in proc.stderr or "failed on another rank" in proc.stderr
+    assert list_checkpoints(out / "checkpoints")  # saved before stopping
+
+
+def _torchrun(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    sets = [a for s in [f"data.source={source}", *SMALL, *extra] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+    cmd += ["-m", "nepa.cli", "train", RECIPE, "--out", str(out), "--no-progress", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
 def test_two_processes_under_torchrun(source: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    sets = [a for s in [f"data.source={source}", *SMALL] for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
-    cmd += ["-m", "nepa.cli", "train", RECIPE, "--out", str(out), "--no-progress", *sets]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = _torchrun(source, out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads((out / "meta.json").read_text())["world_size"] == 2
     health = [r for r in read_metrics(out) if "data/good" in r]

@@ -2,7 +2,7 @@
 
 Decoding never unpickles: images go through torchvision, audio through soundfile, ``.npy``
 through ``np.load(allow_pickle=False)``, ``.json`` through :mod:`json`, text as UTF-8. Members
-whose extension marks a Python pickle (``.pyd``, ``.pickle``, ``.pkl``, ``.pth``) make a shard
+whose extension marks a Python pickle (``.pyd``, ``.pickle``, ``.pkl``, ``.pth``, ``.pt``) make a shard
 refused unless the user opts in, and even then they are dropped, never unpickled.
 """
 
@@ -20,7 +20,7 @@ IMAGE_EXTS = frozenset({"png", "jpg", "jpeg", "webp", "gif"})
 AUDIO_EXTS = frozenset({"wav", "flac", "ogg"})
 ARRAY_EXTS = frozenset({"npy"})
 TEXT_EXTS = frozenset({"txt", "cls", "json"})
-PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth"})
+PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt"})
 PAYLOAD_EXTS = IMAGE_EXTS | AUDIO_EXTS | ARRAY_EXTS
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -28,16 +30,21 @@ class BadDataError(RuntimeError):
 @dataclass
 class BadData:
     """Counts of skipped samples where they are read. ``examples`` keeps the first error of each
-    (shard, kind) so a report can say what went wrong."""
+    (shard, kind) so a report can say what went wrong. While ``mute`` is set nothing is counted
+    or logged (samples re-read on a resume, or to refill a batch, were counted the first time).
+    """
 
     counts: Counter = field(default_factory=Counter)  # (shard, kind) -> n
     examples: dict[tuple[str, str], str] = field(default_factory=dict)
+    mute: bool = False
     _logged: set[str] = field(default_factory=set)
     _delta: Counter = field(default_factory=Counter)
 
     def add(self, shard: str, kind: str, error: str, n: int = 1, key: str | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown bad-data kind {kind!r}; one of {KINDS}")
+        if self.mute:
+            return
         self.counts[(shard, kind)] += n
         self._delta[(shard, kind)] += n
         where = f"{shard}" + (f" sample {key!r}" if key else "")
@@ -51,6 +58,14 @@ class BadData:
                 kind,
             )
 
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        before, self.mute = self.mute, True
+        try:
+            yield
+        finally:
+            self.mute = before
+
     def take_delta(self) -> dict[str, int]:
         """Counts added since the last call, as {"kind\\tshard": n} (plain types, so it crosses
         the DataLoader's process boundary unchanged)."""
@@ -63,67 +78,95 @@ class BadData:
         return sum(self.counts.values())
 
 
-class DataHealth:
-    """Running totals in the training process; ``check`` enforces ``max_bad_fraction``."""
+@dataclass(frozen=True)
+class Totals:
+    """Counts summed over all ranks: good samples and bad ones by kind, for the run and for the
+    current epoch."""
 
-    def __init__(self, max_bad_fraction: float, min_samples: int = 1000) -> None:
-        self.max_bad_fraction = max_bad_fraction
-        self.min_samples = min_samples
-        self.good = 0
-        self.bad: Counter = Counter()  # (kind, shard) -> n, whole run
-        self.epoch_bad: Counter = Counter()
-
-    def update(self, good: int, delta: dict[str, int]) -> None:
-        self.good += good
-        for key, n in delta.items():
-            kind, shard = key.split("\t", 1)
-            self.bad[(kind, shard)] += n
-            self.epoch_bad[(kind, shard)] += n
+    good: int
+    bad: dict[str, int]
+    epoch_bad: dict[str, int]
 
     @property
     def n_bad(self) -> int:
         return sum(self.bad.values())
 
-    def by_kind(self, counts: Counter | None = None) -> dict[str, int]:
-        out: Counter = Counter()
-        for (kind, _), n in (self.bad if counts is None else counts).items():
-            out[kind] += n
-        return dict(out)
+    @property
+    def fraction(self) -> float:
+        return self.n_bad / max(self.good + self.n_bad, 1)
 
-    def metrics(self) -> dict[str, float]:
-        """Whole-run counts for metrics.jsonl (this process)."""
-        m: dict[str, float] = {"data/good": self.good, "data/bad": self.n_bad}
-        m.update({f"data/bad_{k}": n for k, n in self.by_kind().items()})
-        return m
-
-    def end_epoch(self, epoch: int) -> dict[str, object]:
-        """Summary of epoch ``epoch`` on this process (logged by the caller), then reset."""
-        shards = Counter()
-        for (_, shard), n in self.epoch_bad.items():
-            shards[shard] += n
-        summary = {
-            "epoch": epoch,
-            "bad": sum(self.epoch_bad.values()),
-            "bad_by_kind": self.by_kind(self.epoch_bad),
-            "worst_shards": dict(shards.most_common(5)),
+    def metrics(self) -> dict[str, int]:
+        return {
+            "data/good": self.good,
+            "data/bad": self.n_bad,
+            **{f"data/bad_{k}": n for k, n in self.bad.items() if n},
         }
+
+
+class DataHealth:
+    """This process's counts in the training process. ``vector()`` lays them out for a sum
+    over ranks and ``totals(summed)`` reads the result; ``check`` enforces the limit. Counts
+    restored from a checkpoint go into ``restore`` on one rank only, so the sum stays right."""
+
+    def __init__(self, max_bad_fraction: float, min_samples: int = 1000) -> None:
+        self.max_bad_fraction = max_bad_fraction
+        self.min_samples = min_samples
+        self.good = 0
+        self.bad: Counter = Counter()  # kind -> n, whole run on this rank
+        self.epoch_bad: Counter = Counter()  # kind -> n, this epoch on this rank
+        self.epoch_shards: Counter = Counter()  # shard -> n, this epoch on this rank
+
+    def update(self, good: int, delta: dict[str, int]) -> None:
+        self.good += good
+        for key, n in delta.items():
+            kind, shard = key.split("\t", 1)
+            self.bad[kind] += n
+            self.epoch_bad[kind] += n
+            self.epoch_shards[shard] += n
+
+    def by_kind(self) -> dict[str, int]:
+        """This rank's bad counts by kind (kinds with none left out)."""
+        return {k: n for k, n in self.bad.items() if n}
+
+    @property
+    def n_bad(self) -> int:
+        return sum(self.bad.values())
+
+    def restore(self, saved: dict) -> None:
+        """Add a checkpoint's run totals (``Totals.good`` / ``.bad``) to this rank's counts."""
+        self.good += int(saved.get("good", 0))
+        self.bad.update({k: int(n) for k, n in saved.get("bad", {}).items()})
+
+    def vector(self) -> list[int]:
+        return [self.good, *(self.bad[k] for k in KINDS), *(self.epoch_bad[k] for k in KINDS)]
+
+    @staticmethod
+    def totals(summed: list[float]) -> Totals:
+        v = [int(round(x)) for x in summed]
+        n = len(KINDS)
+        return Totals(
+            v[0],
+            dict(zip(KINDS, v[1 : 1 + n], strict=True)),
+            dict(zip(KINDS, v[1 + n :], strict=True)),
+        )
+
+    def end_epoch(self) -> dict[str, int]:
+        """This rank's worst shards of the epoch (for the log); resets the epoch counts."""
+        worst = dict(self.epoch_shards.most_common(5))
         self.epoch_bad.clear()
-        return summary
+        self.epoch_shards.clear()
+        return worst
 
-    def fraction(self, good: int, bad: int) -> float:
-        return bad / max(good + bad, 1)
-
-    def check(self, good: int, bad: int, *, force: bool = False) -> None:
-        """Raise BadDataError if ``bad / (good + bad)`` (totals over all ranks) is over the limit;
-        checked once ``min_samples`` were read, or always when ``force`` (at an epoch's end)."""
-        if not force and good + bad < self.min_samples:
+    def check(self, totals: Totals, *, force: bool = False) -> None:
+        """Raise BadDataError if the bad fraction over all ranks is over the limit; judged once
+        ``min_samples`` were read, or always when ``force`` (at an epoch's end)."""
+        if not force and totals.good + totals.n_bad < self.min_samples:
             return
-        frac = self.fraction(good, bad)
-        if frac > self.max_bad_fraction:
-            kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.by_kind().items()))
+        if totals.fraction > self.max_bad_fraction:
+            kinds = ", ".join(f"{k}: {n}" for k, n in totals.bad.items() if n)
             raise BadDataError(
-                f"{bad} of {good + bad} samples read so far were bad ({frac:.2%}), over "
-                f"data.max_bad_fraction={self.max_bad_fraction:g} ({kinds or 'on other ranks'}). "
-                "Run `nepa shards verify` on the source to see which shards, fix or drop them, "
-                "or raise data.max_bad_fraction; training state was saved."
+                f"{totals.n_bad} of {totals.good + totals.n_bad} samples read so far were bad "
+                f"({totals.fraction:.2%}), over data.max_bad_fraction={self.max_bad_fraction:g} "
+                f"({kinds}). Run `nepa shards verify` on the source to see which shards, fix or "
+                "drop them, or raise data.max_bad_fraction; a checkpoint is saved first."
             )

@@ -30,7 +30,6 @@ from nepa.data.shards.reader import decode_all
 from nepa.data.shards.stream import ShardTrainData
 
 
-
 class ImageShardsConfig(ImageDataConfig, ShardOptions):
     """Image shards; see :class:`ShardOptions` for ``source`` and the streaming fields."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import braceexpand
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from nepa.data.paths import resolve_path
 
@@ -33,7 +33,9 @@ class _Model(BaseModel):
 
 
 class ShardInfo(_Model):
-    name: str
+    # A plain file name: it is pasted into paths, URLs and ``pipe:`` shell commands, so a
+    # manifest from elsewhere must not be able to inject anything.
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     samples: NonNegativeInt
     bytes: NonNegativeInt
     sha256: str
@@ -73,6 +75,7 @@ class ShardList:
     counts: list[int] | None
     manifest: Manifest | None
     where: str
+    fields: list[str] | None = None  # extensions every sample has (from the manifest)
 
     @property
     def total(self) -> int | None:
@@ -118,7 +121,7 @@ def resolve_shards(source: str, split: str) -> ShardList:
         manifest, template = read_manifest(source)
         info = manifest.split(split, source)
         urls = [template.replace("{name}", s.name) for s in info.shards]
-        return ShardList(urls, [s.samples for s in info.shards], manifest, source)
+        return ShardList(urls, [s.samples for s in info.shards], manifest, source, info.fields)
     pattern = os.path.expanduser(os.path.expandvars(source.replace("{split}", split)))
     urls = list(braceexpand.braceexpand(pattern))
     local = [u for u in urls if not _is_remote(u)]

@@ -19,7 +19,7 @@ class ShardOptions(DataConfig):
     ``resampled`` (shards drawn with replacement; ``epoch_steps`` steps per nominal epoch,
     default: samples // global batch). ``max_bad_fraction``: stop the run (after saving a
     checkpoint) when more than this fraction of the samples read were bad.
-    ``allow_pickle``: read shards that contain pickle members (.pyd, .pickle, .pkl, .pth),
+    ``allow_pickle``: read shards that contain pickle members (.pyd, .pickle, .pkl, .pth, .pt),
     dropping those members; nepa never unpickles them.
     """
 

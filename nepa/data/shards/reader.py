@@ -23,8 +23,10 @@ T = TypeVar("T")
 
 
 def shard_name(url: str) -> str:
-    """A short name for logs and counts: the last path component of the URL or command."""
-    return url.rstrip("/ -").split("/")[-1].split()[-1]
+    """A short name for logs and counts: the file name in the URL or ``pipe:`` command."""
+    tokens = url.split()
+    path = next((t for t in reversed(tokens) if ".tar" in t), tokens[-1] if tokens else url)
+    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def read_shard(
@@ -35,6 +37,7 @@ def read_shard(
     start: int = 0,
     stop: int | None = None,
     allow_pickle: bool = False,
+    fields: list[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield raw samples ``start:stop`` of the shard at ``url`` (a path, URL or ``pipe:``
     command); ``stop`` defaults to ``expected`` (the manifest's count) or the end.
@@ -42,10 +45,20 @@ def read_shard(
     Samples before ``start`` are read but not returned (tar streams cannot seek). Read errors
     are recorded in ``bad``, counting only samples lost inside ``start:stop`` (so readers of
     disjoint ranges of one shard never count a loss twice); pickle members raise
-    :class:`~nepa.data.shards.codecs.PickleMemberError` unless ``allow_pickle``.
+    :class:`~nepa.data.shards.codecs.PickleMemberError` unless ``allow_pickle``. With
+    ``fields`` (the manifest's), a sample lacking one of them is counted ``missing``, not returned.
     """
     name = shard_name(url)
     stop = expected if stop is None else stop
+    need = set(fields or ())
+
+    def release(sample: dict[str, Any]) -> dict[str, Any] | None:
+        lacking = need - sample.keys()
+        if lacking:
+            bad.add(name, "missing", f"no {sorted(lacking)} member(s)", key=sample.get("__key__"))
+            return None
+        return check_pickles(sample, allow_pickle, name)
+
     errors: list[BaseException] = []
 
     def handler(exn: BaseException) -> bool:
@@ -56,14 +69,17 @@ def read_shard(
     # breaks, the sample being read may lack members, so it is counted as lost, not returned.
     held, n = None, 0  # n: index of the next sample the tar yields
     for sample in tarfile_samples([{"url": url}], handler=handler):
-        if held is not None and start <= n - 1:
-            yield check_pickles(held, allow_pickle, name)
+        if held is not None and start <= n - 1 and (out := release(held)) is not None:
+            yield out
         held, n = sample, n + 1
         if stop is not None and n > stop:
             return
-    if held is not None and not errors and start <= n - 1:
-        yield check_pickles(held, allow_pickle, name)
-    good_end = n if not errors else max(n - 1, 0)  # samples known to be whole
+    # A tar cut exactly between members ends "cleanly" in stream mode; with a known count, a
+    # short shard is broken all the same, and its last sample may lack members.
+    broken = bool(errors) or (stop is not None and n < stop)
+    if held is not None and not broken and start <= n - 1 and (out := release(held)) is not None:
+        yield out
+    good_end = max(n - 1, 0) if broken else n  # samples known to be whole
     lost = max(stop - max(good_end, start), 0) if stop is not None else 0
     if errors:
         e = errors[0]
@@ -91,7 +107,9 @@ def decode_all(
     bad, out = BadData(), []
     counts = shards.counts or [None] * len(shards.urls)
     for url, expected in zip(shards.urls, counts, strict=True):
-        for sample in read_shard(url, bad, expected=expected, allow_pickle=allow_pickle):
+        for sample in read_shard(
+            url, bad, expected=expected, allow_pickle=allow_pickle, fields=shards.fields
+        ):
             try:
                 out.append(decode(sample))
             except DecodeError as e:

@@ -46,11 +46,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.filters import _shuffle
+from webdataset.filters import shuffle
 
 from nepa.data.loader import TrainLoader
-from nepa.data.sampler import aug_seeds
-from nepa.data.shards.codecs import DecodeError
+from nepa.data.sampler import aug_seeds, check_layout
+from nepa.data.shards.codecs import DecodeError, PickleMemberError
 from nepa.data.shards.health import BadData, BadDataError
 from nepa.data.shards.manifest import ShardList
 from nepa.data.shards.options import ShardOptions
@@ -104,7 +104,9 @@ class Layout:
         return start, start + self.owed(epoch, stream) * self.micro_batch
 
     def state(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """What a resume must match (0 and 1 workers read alike: one stream)."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "workers"}
+        return {**out, "streams": self.streams}
 
 
 def stream_seed(*parts: int) -> int:
@@ -116,7 +118,7 @@ def stream_seed(*parts: int) -> int:
 
 
 def epoch_order(seed: int, epoch: int, n_shards: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n_shards)
+    return np.random.default_rng([seed % 2**63, epoch, 0x5A4D]).permutation(n_shards)
 
 
 def exact_pieces(
@@ -152,8 +154,10 @@ class ShardStream(IterableDataset):
         start_micro: int,
         shuffle_buffer: int,
         allow_pickle: bool,
+        sample_shape: tuple[int, ...],
     ) -> None:
         self.shards, self.sample_fn, self.layout = shards, sample_fn, layout
+        self.sample_shape = sample_shape
         self.rank, self.start_micro = rank, start_micro
         self.shuffle_buffer, self.allow_pickle = shuffle_buffer, allow_pickle
 
@@ -171,16 +175,16 @@ class ShardStream(IterableDataset):
             source = self._read_pieces(pieces, offsets, bad)
         else:
             source = itertools.islice(
-                self._read_resampled(random.Random(seed), bad),
+                self._read_resampled(random.Random(seed), stream, bad),
                 lay.owed(epoch, stream) * lay.micro_batch,
             )
         if self.shuffle_buffer > 1:
-            source = _shuffle(
-                source,
+            shuffle_buffer = shuffle(
                 bufsize=self.shuffle_buffer,
                 initial=self.shuffle_buffer,
                 rng=random.Random(seed ^ 0x2545F491),
             )
+            source = shuffle_buffer(source)
         return source
 
     def _read_pieces(self, pieces, offsets, bad: BadData) -> Iterator[tuple[int, dict]]:
@@ -188,21 +192,34 @@ class ShardStream(IterableDataset):
             url, expected = self.shards.urls[s], self.shards.counts[s]
             for i, sample in enumerate(
                 read_shard(
-                    url, bad, expected=expected, start=lo, stop=hi, allow_pickle=self.allow_pickle
+                    url,
+                    bad,
+                    expected=expected,
+                    start=lo,
+                    stop=hi,
+                    allow_pickle=self.allow_pickle,
+                    fields=self.shards.fields,
                 )
             ):
                 yield offsets[s] + lo + i, sample
 
-    def _read_resampled(self, rng: random.Random, bad: BadData) -> Iterator[tuple[int, dict]]:
+    def _read_resampled(
+        self, rng: random.Random, stream: int, bad: BadData
+    ) -> Iterator[tuple[int, dict]]:
         n_read, empty_in_a_row, urls = 0, 0, self.shards.urls
+        base = (self.rank * self.layout.streams + stream) << 40
         while True:
             s = rng.randrange(len(urls))
             expected = None if self.shards.counts is None else self.shards.counts[s]
             before = n_read
             for sample in read_shard(
-                urls[s], bad, expected=expected, allow_pickle=self.allow_pickle
+                urls[s],
+                bad,
+                expected=expected,
+                allow_pickle=self.allow_pickle,
+                fields=self.shards.fields,
             ):
-                yield n_read, sample
+                yield base + n_read, sample  # ids unique per rank and stream: distinct crops
                 n_read += 1
             empty_in_a_row = empty_in_a_row + 1 if n_read == before else 0
             if empty_in_a_row > 3 * len(urls) + 10:
@@ -219,16 +236,28 @@ class ShardStream(IterableDataset):
         stream = (worker + self.start_micro) % lay.streams
         bad = BadData()
         m = self.start_micro + (stream - self.start_micro) % lay.streams  # first micro it owes
-        while True:
-            epoch, j = divmod(m, lay.micro_per_epoch)
-            k = (j - lay.first_micro(epoch, stream)) // lay.streams  # batches done this epoch
-            raw = self.raw(epoch, stream, bad)
-            for _ in itertools.islice(raw, k * lay.micro_batch):  # resume: skip, don't decode
-                pass
-            for _ in range(lay.owed(epoch, stream) - k):
-                x, y, good = self._batch(raw, epoch, stream, bad)
-                meta = {"good": good, "bad": bad.take_delta(), "epoch": epoch, "micro": m}
-                yield x, y, meta
+        try:
+            while True:
+                epoch, j = divmod(m, lay.micro_per_epoch)
+                k = (j - lay.first_micro(epoch, stream)) // lay.streams  # batches done this epoch
+                raw = self.raw(epoch, stream, bad)
+                # Resume: skip without decoding; what those samples cost was counted before the
+                # checkpoint (the trainer saved those totals), so don't count it again.
+                with bad.muted():
+                    for _ in itertools.islice(raw, k * lay.micro_batch):
+                        pass
+                for _ in range(lay.owed(epoch, stream) - k):
+                    x, y, good = self._batch(raw, epoch, stream, bad)
+                    yield x, y, {"good": good, "bad": bad.take_delta(), "epoch": epoch, "micro": m}
+                    m += lay.streams
+        except (BadDataError, PickleMemberError) as e:
+            # A rank that raised here would leave the others waiting in a collective. Instead,
+            # hand out placeholder batches flagged ``fatal``: the trainer shares the flag in its
+            # per-step reduction, so every rank saves and stops at the same step.
+            x = torch.zeros(lay.micro_batch, *self.sample_shape)
+            y = torch.full((lay.micro_batch,), -1)
+            while True:
+                yield x, y, {"good": 0, "bad": {}, "epoch": -1, "micro": m, "fatal": str(e)}
                 m += lay.streams
 
     def _batch(self, raw, epoch: int, stream: int, bad: BadData):
@@ -260,6 +289,7 @@ class ShardStream(IterableDataset):
     def _refill(self, epoch: int, stream: int, n: int) -> list:
         """Good samples from the start of the stream's epoch, for batches past a truncated end."""
         scratch, out = BadData(), []
+        scratch.mute = True  # these samples were counted when first read
         for raw in self.raw(epoch, stream, scratch):
             [item] = self._decode_all([raw], epoch, scratch)
             if item is not None:
@@ -327,6 +357,7 @@ class ShardTrainData:
         start_micro: int,
         pin_memory: bool,
     ) -> TrainLoader:
+        check_layout(global_batch, accum, rank, world)
         layout = Layout(
             global_batch,
             accum,
@@ -344,6 +375,7 @@ class ShardTrainData:
             start_micro=start_micro,
             shuffle_buffer=self.options.shuffle_buffer,
             allow_pickle=self.options.allow_pickle,
+            sample_shape=self.options.sample_shape,
         )
         return TrainLoader(
             stream_loader(stream, workers, pin_memory),

@@ -13,13 +13,14 @@ import pytest
 import torch
 from shard_synth import make_shards, truncate
 
-from nepa.data.shards.codecs import PickleMemberError
-from nepa.data.shards.health import BadDataError, DataHealth
+from nepa.data.shards.health import BadData, BadDataError, DataHealth
 from nepa.data.shards.image import ImageSample, ImageShardsConfig
 from nepa.data.shards.manifest import resolve_shards
+from nepa.data.shards.reader import read_shard
 from nepa.data.shards.stream import ShardTrainData
 
 COUNTS = [37, 50, 23, 41, 49]  # 200 samples in shards of uneven size
+FIELDS = ["cls", "png"]
 
 
 def ident(sample: dict, seed: int) -> tuple[torch.Tensor, int]:
@@ -171,28 +172,47 @@ def test_bad_samples_counted_by_kind(tmp_path):
     assert labels == set(range(200)) - set(bad)
 
 
-def test_all_bad_range_raises(tmp_path):
+def test_all_bad_range_flags_a_fatal_batch(tmp_path):
+    # A loader must not raise on one rank only (the others would wait forever in a collective):
+    # it hands out placeholder batches flagged "fatal", which the trainer shares across ranks.
     src = make_shards(tmp_path / "gray", [40], bad={i: "shape" for i in range(40)})
-    with pytest.raises(BadDataError, match="no decodable sample"):
-        take(data(str(src), sample_fn=real_images), 1, batch=20)
+    [(x, y, meta)] = take(data(str(src), sample_fn=real_images), 1, batch=20)
+    assert "no decodable sample" in meta["fatal"]
+    assert x.shape == (20, 3, 8, 8) and (y == -1).all() and meta["good"] == 0
 
 
 def test_pickle_members_refused_unless_opted_in(tmp_path):
     src = make_shards(tmp_path / "p", COUNTS, extra={150: {"pyd": b"\x80\x04K\x01."}})
-    with pytest.raises(PickleMemberError, match="never unpickles"):
-        take(data(str(src), shuffle_buffer=0), 10, batch=20)  # one epoch reads every shard
+    out = take(data(str(src), shuffle_buffer=0), 10, batch=20)  # one epoch reads every shard
+    fatal = [meta["fatal"] for _, _, meta in out if "fatal" in meta]
+    assert fatal and "never unpickles" in fatal[0]
+    assert "fatal" not in out[0][2]  # the batches before the pickle member are real
     ok = take(data(str(src), shuffle_buffer=0, allow_pickle=True), 10, batch=20)
-    assert all(meta["good"] == 20 for _, _, meta in ok)
+    assert all(meta["good"] == 20 and "fatal" not in meta for _, _, meta in ok)
 
 
-def test_health_limit():
+def test_health_limit_and_totals():
     h = DataHealth(max_bad_fraction=0.1, min_samples=100)
-    h.update(50, {"decode\ts0.tar": 10})
-    h.check(50, 10)  # under min_samples: not judged yet
+    h.update(50, {"decode\ts0.tar": 6, "shape\ts1.tar": 4})
+    totals = DataHealth.totals(h.vector())
+    assert (totals.good, totals.n_bad, totals.fraction) == (50, 10, 10 / 60)
+    assert totals.metrics() == {
+        "data/good": 50,
+        "data/bad": 10,
+        "data/bad_decode": 6,
+        "data/bad_shape": 4,
+    }
+    h.check(totals)  # 60 < min_samples: not judged yet
     with pytest.raises(BadDataError, match="max_bad_fraction"):
-        h.check(50, 10, force=True)
-    h.check(1000, 10)
-    assert h.metrics() == {"data/good": 50, "data/bad": 10, "data/bad_decode": 10}
+        h.check(totals, force=True)  # at an epoch's end it is
+    assert (
+        h.end_epoch() == {"s0.tar": 6, "s1.tar": 4}
+        and DataHealth.totals(h.vector()).epoch_bad["decode"] == 0
+    )
+    # Totals from a checkpoint add to the run counts (on one rank), not to the epoch's.
+    fresh = DataHealth(0.1)
+    fresh.restore({"good": totals.good, "bad": totals.bad})
+    assert DataHealth.totals(fresh.vector()).bad == totals.bad
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -217,3 +237,24 @@ def test_pipe_url_from_local_http_server(shards, http_root):
     remote = [y for _, y, _ in take(data(source), 12, workers=2)]
     local = [y for _, y, _ in take(data(str(shards)), 12, workers=2)]
     assert all(torch.equal(a, b) for a, b in zip(remote, local, strict=True))
+
+
+def test_reader_never_returns_a_half_sample(tmp_path):
+    src = make_shards(tmp_path / "r", [12])
+    whole = (src / "train-000000.tar").read_bytes()
+    for cut in range(512, len(whole), 512):  # every member boundary, where tar ends "cleanly"
+        (src / "train-000000.tar").write_bytes(whole[:cut])
+        for start, stop in [(0, 12), (0, 5), (5, 12)]:
+            bad = BadData()
+            shard = str(src / "train-000000.tar")
+            got = list(read_shard(shard, bad, expected=12, start=start, stop=stop, fields=FIELDS))
+            assert all({"png", "cls"} <= set(s) for s in got)
+            assert len(got) + bad.total == stop - start
+
+
+def test_manifest_names_cannot_inject_shell(tmp_path):
+    src = make_shards(tmp_path / "m", [4])
+    text = (src / "manifest.json").read_text().replace("train-000000.tar", "x.tar; touch pwned")
+    (src / "manifest.json").write_text(text)
+    with pytest.raises(ValueError, match="not a nepa shard manifest"):
+        resolve_shards(str(src), "train")
