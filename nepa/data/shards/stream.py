@@ -50,7 +50,13 @@ from webdataset.filters import shuffle
 
 from nepa.data.loader import TrainLoader
 from nepa.data.sampler import aug_seeds, check_layout
-from nepa.data.shards.codecs import DecodeError, PickleMemberError
+from nepa.data.shards.codecs import (
+    PICKLE_EXTS,
+    DecodeError,
+    PickleMemberError,
+    check_pickles,
+    field_ext,
+)
 from nepa.data.shards.health import BadData, BadDataError
 from nepa.data.shards.manifest import ShardList
 from nepa.data.shards.options import ShardOptions
@@ -328,6 +334,22 @@ class ShardTrainData:
                 "data.epochs=resampled and data.epoch_steps"
             )
         self.shards, self.sample_fn, self.options = shards, sample_fn, options
+        self.preflight()
+
+    def preflight(self) -> None:
+        """Fail before training, not hours in: refuse pickle members the manifest lists, and
+        read the first sample of the first shard (which also proves the source is reachable)."""
+        listed = [f for f in self.shards.fields or () if field_ext(f) in PICKLE_EXTS]
+        if listed and not self.options.allow_pickle:
+            check_pickles({"__key__": "(manifest)", **dict.fromkeys(listed)}, False, "manifest")
+        bad = BadData()
+        first = next(
+            read_shard(self.shards.urls[0], bad, stop=1, allow_pickle=self.options.allow_pickle),
+            None,
+        )
+        if first is None:
+            why = "; ".join(bad.examples.values()) or "it holds no sample"
+            raise ValueError(f"cannot read the first shard of {self.shards.where!r}: {why}")
 
     def steps_per_epoch(self, global_batch: int) -> int:
         o, total = self.options, self.shards.total

@@ -13,6 +13,7 @@ import pytest
 import torch
 from shard_synth import make_shards, truncate
 
+from nepa.data.shards.codecs import PickleMemberError
 from nepa.data.shards.health import BadData, BadDataError, DataHealth
 from nepa.data.shards.image import ImageSample, ImageShardsConfig
 from nepa.data.shards.manifest import resolve_shards
@@ -258,3 +259,14 @@ def test_manifest_names_cannot_inject_shell(tmp_path):
     (src / "manifest.json").write_text(text)
     with pytest.raises(ValueError, match="not a nepa shard manifest"):
         resolve_shards(str(src), "train")
+
+
+def test_preflight_fails_before_training(tmp_path):
+    src = make_shards(tmp_path / "p0", [8], extra={0: {"pyd": b"\x80\x04K\x01."}})
+    with pytest.raises(PickleMemberError, match="never unpickles"):
+        data(str(src))  # the first sample already shows it: refused at build time
+    data(str(src), allow_pickle=True)
+    gone = make_shards(tmp_path / "gone", [8])
+    (gone / "train-000000.tar").unlink()
+    with pytest.raises(ValueError, match="cannot read the first shard"):
+        data(str(gone))
