@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from nepa.config import ConfigError, load_recipe
     from nepa.data.shards.codecs import PickleMemberError
     from nepa.data.shards.health import BadDataError
+    from nepa.data.shards.manifest import ShardSourceError
     from nepa.train.checkpoint import CheckpointError
     from nepa.train.trainer import NonFiniteLossError, train
 
@@ -55,7 +56,13 @@ def run(args: argparse.Namespace) -> int:
         result = train(
             cfg, out, recipe=canonical, resume=args.resume, progress=not args.no_progress
         )
-    except (CheckpointError, NonFiniteLossError, BadDataError, PickleMemberError) as e:
+    except (
+        CheckpointError,
+        NonFiniteLossError,
+        BadDataError,
+        PickleMemberError,
+        ShardSourceError,
+    ) as e:
         print(f"nepa train: {e}", file=sys.stderr)
         return 1
     log.info("finished at step %d (%s); run directory: %s", result.step, result.stopped_by, out)

@@ -28,6 +28,10 @@ MANIFEST = "manifest.json"
 FORMAT = "nepa-shards/1"
 
 
+class ShardSourceError(ValueError):
+    """A shard source that cannot be used as given (missing, no such split, bad manifest)."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,7 +39,7 @@ class _Model(BaseModel):
 class ShardInfo(_Model):
     # A plain file name: it is pasted into paths, URLs and ``pipe:`` shell commands, so a
     # manifest from elsewhere must not be able to inject anything.
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
     samples: NonNegativeInt
     bytes: NonNegativeInt
     sha256: str
@@ -59,7 +63,7 @@ class Manifest(_Model):
 
     def split(self, name: str, where: str) -> SplitInfo:
         if name not in self.splits:
-            raise KeyError(
+            raise ShardSourceError(
                 f"{where} has no split {name!r}; it has {sorted(self.splits)}. Write it with "
                 f"`nepa shards write SOURCE DIR --split {name}`"
             )
@@ -86,9 +90,9 @@ def parse_manifest(text: bytes | str, where: str) -> Manifest:
     try:
         return Manifest.model_validate(json.loads(text))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where} is not valid JSON ({e})") from None
+        raise ShardSourceError(f"{where} is not valid JSON ({e})") from None
     except ValidationError as e:
-        raise ValueError(f"{where} is not a nepa shard manifest ({FORMAT}):\n{e}") from None
+        raise ShardSourceError(f"{where} is not a nepa shard manifest ({FORMAT}):\n{e}") from None
 
 
 def read_manifest(source: str) -> tuple[Manifest, str]:
@@ -124,10 +128,16 @@ def resolve_shards(source: str, split: str) -> ShardList:
         return ShardList(urls, [s.samples for s in info.shards], manifest, source, info.fields)
     pattern = os.path.expanduser(os.path.expandvars(source.replace("{split}", split)))
     urls = list(braceexpand.braceexpand(pattern))
+    if urls == [pattern] and not _is_remote(pattern) and not Path(pattern).suffix:
+        raise ShardSourceError(
+            f"no shard folder at {source!r} (resolved: {Path(pattern).absolute()}); write one "
+            f"with `nepa shards write SOURCE {source} --split {split}`, or point data.source at "
+            "a folder with manifest.json, a {name} template or a shard pattern"
+        )
     local = [u for u in urls if not _is_remote(u)]
     missing = [u for u in local if not Path(u).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise ShardSourceError(
             f"{len(missing)} of {len(urls)} shard(s) of {source!r} (split {split!r}) do not "
             f"exist, e.g. {missing[0]}"
         )

@@ -16,7 +16,7 @@ from shard_synth import make_shards, truncate
 from nepa.data.shards.codecs import PickleMemberError
 from nepa.data.shards.health import BadData, BadDataError, DataHealth
 from nepa.data.shards.image import ImageSample, ImageShardsConfig
-from nepa.data.shards.manifest import resolve_shards
+from nepa.data.shards.manifest import ShardSourceError, resolve_shards
 from nepa.data.shards.reader import read_shard
 from nepa.data.shards.stream import ShardTrainData
 
@@ -270,3 +270,17 @@ def test_preflight_fails_before_training(tmp_path):
     (gone / "train-000000.tar").unlink()
     with pytest.raises(ValueError, match="cannot read the first shard"):
         data(str(gone))
+
+
+def test_missing_source_says_how_to_make_it(tmp_path, capsys):
+    from nepa.cli import main
+
+    with pytest.raises(ShardSourceError, match="nepa shards write SOURCE"):
+        resolve_shards(str(tmp_path / "nowhere"), "train")
+    src = make_shards(tmp_path / "s", [4])
+    with pytest.raises(ShardSourceError, match="has no split 'test'"):
+        resolve_shards(str(src), "test")
+    recipe = f"{Path(__file__).resolve().parents[3] / 'recipes' / 'cifar10.py'}:shards"
+    out = ["--out", str(tmp_path / "run")]
+    assert main(["train", recipe, *out, "--set", f"data.source={tmp_path / 'nowhere'}"]) == 1
+    assert "no shard folder at" in capsys.readouterr().err
