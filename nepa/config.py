@@ -60,7 +60,8 @@ class TrainConfig(Config):
 
 
 class EvalConfig(Config):
-    """kNN evaluation of frozen features (DINO protocol: cosine, temperature-weighted votes).
+    """Evaluation of frozen features: kNN (DINO protocol: cosine, temperature-weighted votes)
+    and the linear probe (standardised features, L2 chosen on a validation split of train).
 
     Defaults (README, "Evaluate"): causal attention, the penultimate block, grid2 pooling. In
     sweeps they beat bidirectional attention, the last block and mean pooling.
@@ -69,11 +70,14 @@ class EvalConfig(Config):
     k: int = Field(20, gt=0)
     temperature: float = Field(0.07, gt=0)
     layer: int = Field(-2, description="block index (1-based); negative counts from the last")
-    pool: Literal["mean", "last", "grid2", "grid4"] = "grid2"
+    pool: Literal["mean", "last", "start", "grid2", "grid4"] = "grid2"
     attn: Literal["causal", "bidirectional"] = "causal"
     max_train: int | None = None
     max_test: int | None = None
     batch_size: int = 256
+    # Linear probe: L2 strengths tried, chosen on this fraction of train held out (never test).
+    linear_l2: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
 
 
 class RunConfig(Config):

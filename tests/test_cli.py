@@ -132,4 +132,4 @@ def test_eval_knn_errors(
     assert main(["eval", "knn", str(tiny_run), "--set", "optim.lr=1"]) == 2
     assert "only eval.* and data.* keys" in capsys.readouterr().err
     assert main(["eval", "knn", str(tiny_run), "--set", "eval.pool=max"]) == 2
-    assert "'mean', 'last', 'grid2' or 'grid4'" in capsys.readouterr().err
+    assert "'mean', 'last', 'start', 'grid2' or 'grid4'" in capsys.readouterr().err

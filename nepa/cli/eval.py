@@ -1,4 +1,5 @@
-"""``nepa eval knn RUN_DIR [--data MODULE_OR_FILE:FUNCTION] [--set eval.layer=2 ...] [--json FILE]``."""
+"""``nepa eval {knn,linear} RUN_DIR [--data MODULE_OR_FILE:FUNCTION] [--set eval.layer=2 ...]
+[--random-init] [--json FILE]``."""
 
 from __future__ import annotations
 
@@ -16,38 +17,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     k = evsub.add_parser(
         "knn", help="k-NN classification (k=20, cosine, temperature-weighted votes)"
     )
-    k.add_argument("run_dir", type=Path)
+    _common(k)
     k.add_argument(
+        "--sweep",
+        action="store_true",
+        help="every layer x {mean, last, start, grid2, grid4} x {causal, bidirectional}",
+    )
+    k.set_defaults(func=run_knn)
+    lin = evsub.add_parser(
+        "linear",
+        help="linear probe: standardised features, L2 chosen on a validation split of train",
+    )
+    _common(lin)
+    lin.set_defaults(func=run_linear)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path)
+    p.add_argument(
         "--data",
         default=None,
         metavar="MODULE_OR_FILE:FUNCTION",
         help="take the data config from this recipe instead of the run's",
     )
-    add_overrides(k, "--set eval.layer=2 (only eval.* and data.*)")
-    k.add_argument(
+    add_overrides(p, "--set eval.layer=2 (only eval.* and data.*)")
+    p.add_argument(
         "--random-init", action="store_true", help="the same architecture at its seeded random init"
     )
-    k.add_argument(
-        "--sweep",
-        action="store_true",
-        help="every layer x {mean, last, grid2, grid4} x {causal, bidirectional}",
-    )
-    k.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    k.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        help="write the result (a list with --sweep) to this file",
-    )
-    k.set_defaults(func=run_knn)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--json", type=Path, default=None, help="write the result to this file")
 
 
-def run_knn(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace):
+    """(cfg, objective, device) of the run, or an exit code after printing why not."""
     import torch
 
     from nepa.config import ConfigError, apply_overrides, load_recipe
     from nepa.eval.load import load_run
-    from nepa.eval.run import knn_eval
 
     try:
         cfg, objective = load_run(args.run_dir, random_init=args.random_init)
@@ -64,6 +70,16 @@ def run_knn(args: argparse.Namespace) -> int:
         print(f"nepa eval: {e}", file=sys.stderr)
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return cfg, objective, device
+
+
+def run_knn(args: argparse.Namespace) -> int:
+    from nepa.eval.run import knn_eval
+
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, objective, device = loaded
     if args.sweep:
         depth = cfg.predictor.depth
         results = knn_eval(
@@ -71,7 +87,7 @@ def run_knn(args: argparse.Namespace) -> int:
             objective,
             device,
             layers=list(range(1, depth + 1)),
-            pools=["mean", "last", "grid2", "grid4"],
+            pools=["mean", "last", "start", "grid2", "grid4"],
             attns=["causal", "bidirectional"],
         )
     else:
@@ -80,4 +96,17 @@ def run_knn(args: argparse.Namespace) -> int:
         print(json.dumps(r))
     if args.json:
         args.json.write_text(json.dumps(results if args.sweep else results[0], indent=2) + "\n")
+    return 0
+
+
+def run_linear(args: argparse.Namespace) -> int:
+    from nepa.eval.run import linear_eval
+
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        return loaded
+    result = linear_eval(*loaded)
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -14,6 +14,8 @@ def pool_tokens(h_BTD: torch.Tensor, tok: Tokens, pool: str) -> torch.Tensor:
 
     mean:  average over tokens (throws the layout away).
     last:  the last token in scan order (under causal attention the only one that saw all).
+    (``start``, the start token's output, is taken in :func:`extract`; under causal attention
+    it has seen nothing but itself, so use it with bidirectional attention.)
     gridK: average tokens within each of K^A cells of their grid (coords binned per axis), then
            concatenate: keeps a coarse layout for any number of grid axes.
     """
@@ -52,10 +54,14 @@ def extract(
     out: dict[tuple[int, str], list[torch.Tensor]] = {(l, p): [] for l in layers for p in pools}
     for x, _ in DataLoader(dataset, batch_size=batch_size):
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            hs, tok = objective.features(x.to(device), layers=layers, mask_mode=attn)
-        for layer, h in zip(layers, hs, strict=True):
+            hs, tok, *rest = objective.features(x.to(device), layers=layers, mask_mode=attn)
+        starts = rest[0] if rest else None  # (B, D) per layer, for objectives with a start token
+        if "start" in pools and starts is None:
+            raise ValueError(f"{type(objective).__name__} has no start token to pool")
+        for i, (layer, h) in enumerate(zip(layers, hs, strict=True)):
             for p in pools:
-                out[(layer, p)].append(pool_tokens(h.float(), tok, p).cpu())
+                f = starts[i] if p == "start" else pool_tokens(h.float(), tok, p)
+                out[(layer, p)].append(f.float().cpu())
     return {key: torch.cat(v) for key, v in out.items()}
 
 

@@ -11,6 +11,7 @@ from nepa.config import RunConfig
 from nepa.data.base import build_dataset
 from nepa.eval.features import eval_subset, extract
 from nepa.eval.knn import knn_top1
+from nepa.eval.linear import linear_probe
 from nepa.objectives.base import Objective
 from nepa.train.build import resolve_precision
 
@@ -74,6 +75,7 @@ def knn_eval(
                 )
                 results.append(
                     {
+                        "protocol": "knn",
                         "top1": top1,
                         "n_train": len(ytr),
                         "n_test": len(yte),
@@ -112,4 +114,50 @@ def raw_pixel_knn(cfg: RunConfig, splits: tuple[Dataset, Dataset] | None = None)
         "n_test": len(yte),
         "layer": None,
         "pool": "raw_pixels",
+    }
+
+
+def linear_eval(
+    cfg: RunConfig,
+    objective: Objective,
+    device: torch.device,
+    splits: tuple[Dataset, Dataset] | None = None,
+) -> dict:
+    """Linear probe on the features ``cfg.eval`` names (layer, pool, attention)."""
+    e = cfg.eval
+    layer = resolve_layer(e.layer, cfg.predictor.depth)
+    train_ds, test_ds = splits or eval_splits(cfg)
+    objective.to(device)
+    bf16, _ = resolve_precision(cfg.train.precision, device)
+    t0 = time.perf_counter()
+    kw = dict(
+        layers=[layer],
+        pools=[e.pool],
+        attn=e.attn,
+        device=device,
+        batch_size=e.batch_size,
+        bf16=bf16,
+    )
+    ftr = extract(objective, train_ds, **kw)[(layer, e.pool)]
+    fte = extract(objective, test_ds, **kw)[(layer, e.pool)]
+    result = linear_probe(
+        ftr,
+        train_ds.labels,
+        fte,
+        test_ds.labels,
+        num_classes=train_ds.num_classes,
+        l2_grid=e.linear_l2,
+        val_fraction=e.val_fraction,
+        seed=cfg.seed,
+    )
+    return {
+        "protocol": "linear",
+        **result,
+        "n_train": len(train_ds.labels),
+        "n_test": len(test_ds.labels),
+        "layer": layer,
+        "pool": e.pool,
+        "attn": e.attn,
+        "features": int(ftr.shape[1]),
+        "seconds": time.perf_counter() - t0,
     }

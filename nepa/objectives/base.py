@@ -25,7 +25,8 @@ class Objective(nn.Module):
         self, x: Any, *, layers: list[int], mask_mode: str | None = None
     ):  # pragma: no cover
         """Frozen features for evaluation: a list (one per layer) of (B, T, D) token outputs,
-        and the (T, A) coords / grid of those tokens."""
+        the ``Tokens`` (coords / grid of those tokens) and, optionally, a list (one per layer)
+        of (B, D) start-token outputs (for ``pool: start``)."""
         raise NotImplementedError
 
 

@@ -90,4 +90,5 @@ class Nepa(Objective):
         outs = self.predictor(
             tok.emb, tok.coords, tok.grid, tok.mask, mask_mode=mask_mode, return_layers=layers
         )
-        return [o[:, 1:] for o in outs], tok  # drop the start token: (B, T, D) per layer
+        # (B, T, D) patch-token outputs per layer, the tokens, and the start token's (B, D)
+        return [o[:, 1:] for o in outs], tok, [o[:, 0] for o in outs]

@@ -152,7 +152,7 @@ def test_extract_matches_features(tiny_run) -> None:
     )
     assert feats[(2, "mean")].shape == (70, 32) and feats[(2, "last")].shape == (70, 32)
     x = torch.stack([ds[i][0] for i in range(70)])
-    hs, _ = obj.features(x, layers=[2])
+    hs, _, _ = obj.features(x, layers=[2])
     torch.testing.assert_close(feats[(2, "mean")], hs[0].mean(1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(feats[(2, "last")], hs[0][:, -1], atol=1e-5, rtol=1e-5)
 

@@ -164,10 +164,10 @@ def test_objective_shift_switch_picks_the_outputs() -> None:
 # ------------------------------------------------------------------------------ features
 
 
-def test_features_drop_start_token_and_match_layers() -> None:
+def test_features_split_off_the_start_token_and_match_layers() -> None:
     obj = _objective("predictor.depth=2")
     x = _images(3)
-    feats, tok = obj.features(x, layers=[1, 2])
+    feats, tok, starts = obj.features(x, layers=[1, 2])
     assert len(feats) == 2 and all(f.shape == (3, 16, 32) for f in feats)
     assert not feats[0].requires_grad
     with torch.no_grad():
@@ -175,8 +175,9 @@ def test_features_drop_start_token_and_match_layers() -> None:
         h = obj.predictor(t2.emb, t2.coords, t2.grid)
         h_bi = obj.predictor(t2.emb, t2.coords, t2.grid, mask_mode="bidirectional")
     torch.testing.assert_close(feats[1], h[:, 1:])
+    torch.testing.assert_close(starts[1], h[:, 0])  # (B, D): the start token's output
     torch.testing.assert_close(tok.coords, t2.coords)
-    bi, _ = obj.features(x, layers=[2], mask_mode="bidirectional")
+    bi, _, _ = obj.features(x, layers=[2], mask_mode="bidirectional")
     torch.testing.assert_close(bi[0], h_bi[:, 1:])
 
 
