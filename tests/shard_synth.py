@@ -6,8 +6,6 @@ Written with webdataset's TarWriter directly (independent of nepa's writer under
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -84,9 +82,17 @@ def truncate(path: Path, keep_fraction: float = 0.5) -> None:
     path.write_bytes(data[: int(len(data) * keep_fraction)])
 
 
-def add_member(path: Path, name: str, data: bytes) -> None:
-    """Append a member to an uncompressed tar (e.g. a garbage image or a .pyd)."""
-    with tarfile.open(path, "a") as tf:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tf.addfile(info, io.BytesIO(data))
+def take(data, n: int, *, rank=0, world=1, workers=0, start=0, batch=16, accum=1) -> list:
+    """The first ``n`` micro-batches ``(x, y, meta)`` of a shard dataset's training loader."""
+    loader = data.make_train_loader(
+        global_batch=batch,
+        accum=accum,
+        rank=rank,
+        world=world,
+        workers=workers,
+        seed=7,
+        start_micro=start,
+        pin_memory=False,
+    )
+    it = iter(loader)
+    return [next(it) for _ in range(n)]

@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -17,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from shard_synth import make_shards
+from sigterm import sigterm_during_step
 
-import nepa.train.trainer as trainer_mod
 from nepa.config import load_recipe
 from nepa.data.shards.health import BadDataError
 from nepa.train.checkpoint import list_checkpoints, load_checkpoint
@@ -69,24 +68,12 @@ def test_trains_one_epoch_and_logs_data_health(baseline) -> None:
     assert state["data"]["kind"] == "shards" and state["data"]["streams"] == 1
 
 
-def _sigterm_after_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    original = trainer_mod.Trainer._accumulate
-
-    def accumulate(self, batches):
-        out = original(self, batches)
-        if self.step == step - 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_accumulate", accumulate)
-
-
 def test_sigterm_mid_epoch_then_resume_equals_no_interruption(
     source: Path, baseline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, result = baseline
     with monkeypatch.context() as m:
-        _sigterm_after_step(m, 3)
+        sigterm_during_step(m, 3)
         first = train(recipe(source), tmp_path / "run", progress=False)
     assert first.stopped_by == "sigterm" and first.step == 3
     second = train(recipe(source), tmp_path / "run", resume=True, progress=False)
@@ -99,7 +86,7 @@ def test_resampled_resume_equals_no_interruption(
     cfg = recipe(source, "data.epochs=resampled", "data.epoch_steps=4", "train.steps=7")
     full = train(cfg, tmp_path / "full", progress=False)
     with monkeypatch.context() as m:
-        _sigterm_after_step(m, 5)  # in the second nominal epoch
+        sigterm_during_step(m, 5)  # in the second nominal epoch
         first = train(cfg, tmp_path / "run", progress=False)
     second = train(cfg, tmp_path / "run", resume=True, progress=False)
     assert first.step == 5 and first.losses + second.losses == full.losses
@@ -134,7 +121,7 @@ def test_bad_data_under_the_limit_is_reported_and_survives_a_resume(
     assert (last["data/good"], last["data/bad"], last["data/bad_decode"]) == (72, 24, 24)
     assert [r["data/epoch_bad"] for r in records if "data/epoch" in r] == [{"decode": 24}]
     with monkeypatch.context() as m:
-        _sigterm_after_step(m, 3)
+        sigterm_during_step(m, 3)
         train(cfg, tmp_path / "split", progress=False)
     train(cfg, tmp_path / "split", resume=True, progress=False)
     resumed = [r for r in read_metrics(tmp_path / "split") if "data/bad" in r][-1]

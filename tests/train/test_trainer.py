@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Literal
 import pytest
 import torch
 from safetensors.torch import load_file
+from sigterm import sigterm_during_step
 from tiny_recipe import TINY_RECIPE, tiny_with
 
-import nepa.train.trainer as trainer_mod
 from nepa.cli import main
 from nepa.config import OptimConfig, validate
 from nepa.data.base import build_dataset
@@ -120,19 +119,6 @@ def _params(run: Path) -> dict[str, torch.Tensor]:
 
 def _losses(run: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(run) if "loss" in r]
-
-
-def _sigterm_during_step(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """Send SIGTERM to this process while optimizer step ``step`` (1-based) is in progress."""
-    original = trainer_mod.Trainer._accumulate
-
-    def accumulate(self, batches):
-        out = original(self, batches)
-        if self.step == step - 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(trainer_mod.Trainer, "_accumulate", accumulate)
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +243,7 @@ def test_sigterm_then_resume_equals_no_interruption(
     run = tmp_path / "run"
     handler = signal.getsignal(signal.SIGTERM)
     with monkeypatch.context() as m:
-        _sigterm_during_step(m, 2)  # not a ckpt_every=3 step: only the SIGTERM path saves
+        sigterm_during_step(m, 2)  # not a ckpt_every=3 step: only the SIGTERM path saves
         first = train(cfg, run, progress=False)
     assert signal.getsignal(signal.SIGTERM) is handler  # the trainer put the old handler back
     assert first.stopped_by == "sigterm" and first.step == 2
@@ -281,7 +267,7 @@ def test_resume_is_exact_with_train_time_rng(
     )
     full = train(cfg, tmp_path / "full", progress=False)
     with monkeypatch.context() as m:
-        _sigterm_during_step(m, 3)
+        sigterm_during_step(m, 3)
         first = train(cfg, tmp_path / "split", progress=False)
     second = train(cfg, tmp_path / "split", resume=True, progress=False)
     assert first.losses + second.losses == full.losses

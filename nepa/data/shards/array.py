@@ -101,10 +101,4 @@ def build_array_shards(
     items = decode_all(shards, sample_fn, allow_pickle=cfg.allow_pickle, where=cfg.source)
     xs, ys = zip(*items, strict=True)
     labels = torch.tensor(ys, dtype=torch.int64)
-    m = shards.manifest
-    classes = (
-        list(m.classes)
-        if m is not None and m.classes
-        else [str(i) for i in range(int(labels.max()) + 1)]
-    )
-    return ArrayDataset(torch.stack(xs), labels, classes)
+    return ArrayDataset(torch.stack(xs), labels, shards.class_names(int(labels.max())))

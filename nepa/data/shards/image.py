@@ -85,12 +85,6 @@ def _stats(cfg: ImageShardsConfig, shards: ShardList) -> Callable[[], np.ndarray
     return stats
 
 
-def _classes(shards: ShardList, labels: np.ndarray) -> list[str]:
-    if shards.manifest is not None and shards.manifest.classes:
-        return list(shards.manifest.classes)
-    return [str(i) for i in range(int(labels.max(initial=-1)) + 1)]
-
-
 def read_split(cfg: ImageShardsConfig, shards: ShardList) -> tuple[list[np.ndarray], np.ndarray]:
     """Decode every sample of a split: (list of (H, W, C) uint8, labels (N,) int64)."""
 
@@ -130,7 +124,7 @@ def build_image_shards(
         train=False,
         images=images,
         labels=labels,
-        classes=_classes(shards, labels),
+        classes=shards.class_names(int(labels.max(initial=-1))),
         source=cfg.source,
         train_stats=stats,
     )

@@ -85,6 +85,12 @@ class ShardList:
     def total(self) -> int | None:
         return None if self.counts is None else sum(self.counts)
 
+    def class_names(self, max_label: int) -> list[str]:
+        """The manifest's class names, or "0".."max_label" when it has none."""
+        if self.manifest is not None and self.manifest.classes:
+            return list(self.manifest.classes)
+        return [str(i) for i in range(max_label + 1)]
+
 
 def parse_manifest(text: bytes | str, where: str) -> Manifest:
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from shard_synth import make_shards, truncate
+from shard_synth import make_shards, take, truncate
 
 from nepa.data.shards.codecs import PickleMemberError
 from nepa.data.shards.health import BadData, BadDataError, DataHealth
@@ -34,21 +34,6 @@ def data(source: str, sample_fn=ident, **fields) -> ShardTrainData:
         source=source, image_size=8, channels=3, **{"shuffle_buffer": 16, **fields}
     )
     return ShardTrainData(resolve_shards(source, "train"), sample_fn, cfg)
-
-
-def take(td: ShardTrainData, n: int, *, rank=0, world=1, workers=0, start=0, batch=16, accum=1):
-    loader = td.make_train_loader(
-        global_batch=batch,
-        accum=accum,
-        rank=rank,
-        world=world,
-        workers=workers,
-        seed=7,
-        start_micro=start,
-        pin_memory=False,
-    )
-    it = iter(loader)
-    return [next(it) for _ in range(n)]
 
 
 @pytest.fixture()
