@@ -20,6 +20,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from nepa.data.base import DATASETS, DataConfig
 from nepa.encoders.base import ENCODERS, EncoderConfig
+from nepa.eval.attentive import AttentiveConfig
+from nepa.eval.finetune import FinetuneConfig
 from nepa.objectives.base import OBJECTIVES, ObjectiveConfig
 from nepa.predictor.config import PredictorConfig
 from nepa.schema import Config, describe_error, registered
@@ -60,8 +62,10 @@ class TrainConfig(Config):
 
 
 class EvalConfig(Config):
-    """Evaluation of frozen features: kNN (DINO protocol: cosine, temperature-weighted votes)
-    and the linear probe (standardised features, L2 chosen on a validation split of train).
+    """Evaluation of frozen features: kNN (DINO protocol: cosine, temperature-weighted votes),
+    the linear probe (standardised features, L2 chosen on a validation split of train) and the
+    attentive probe (``attentive``: learned queries over the tokens of ``layer`` under
+    ``attn``); and full fine-tuning (``finetune``: bidirectional, layer-wise lr decay).
 
     Defaults (README, "Evaluate"): causal attention, the penultimate block, grid2 pooling. In
     sweeps they beat bidirectional attention, the last block and mean pooling.
@@ -78,6 +82,8 @@ class EvalConfig(Config):
     # Linear probe: L2 strengths tried, chosen on this fraction of train held out (never test).
     linear_l2: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
+    attentive: AttentiveConfig = AttentiveConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 class RunConfig(Config):

@@ -62,6 +62,41 @@ def small() -> RunConfig:
     )
 
 
+def nepa_tiny() -> RunConfig:
+    """A small, fast model for comparisons on a CPU budget (``nepa compare``; docs/results.md):
+    dim 128, depth 4, 4 heads at patch 4, 500 steps of batch 128 (about 5 minutes on 2 cores).
+    Evaluation: kNN and linear probe on 10,000 train / 2,000 test images."""
+    cfg = tiny()
+    return cfg.model_validate(
+        {
+            **cfg.model_dump(),
+            "name": "cifar10-nepa-tiny",
+            "predictor": PredictorConfig(dim=128, depth=4, heads=4).model_dump(),
+            "train": TrainConfig(steps=500, batch_size=128, log_every=10).model_dump(),
+        }
+    )
+
+
+def vit_s2() -> RunConfig:
+    """The GPU-scale recipe: ViT-S/2 (dim 384, depth 12, 6 heads, patch 2: 256 tokens) for 300
+    epochs of batch 512 (29,300 steps), bf16 on CUDA, reading shards written by
+    ``nepa shards write``. lr 3e-4 x 512/256 as the reference scales it."""
+    cfg = shards()
+    return cfg.model_validate(
+        {
+            **cfg.model_dump(),
+            "name": "cifar10-vit-s2",
+            "encoder": {**cfg.encoder.model_dump(), "patch_size": 2},
+            "predictor": PredictorConfig(dim=384, depth=12, heads=6).model_dump(),
+            "optim": OptimConfig(lr=6e-4, warmup=0.025).model_dump(),
+            "train": TrainConfig(
+                steps=29300, batch_size=512, num_workers=8, ckpt_every=2000, log_every=50
+            ).model_dump(),
+            "eval": EvalConfig(max_train=None, max_test=None).model_dump(),
+        }
+    )
+
+
 def hilbert() -> RunConfig:
     """The tiny recipe reading patches along a generalized Hilbert curve."""
     cfg = tiny()

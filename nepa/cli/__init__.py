@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-SUBCOMMANDS = ["train", "eval", "scans", "demo", "bench", "shards"]
+SUBCOMMANDS = ["train", "eval", "compare", "viz", "scans", "demo", "bench", "shards"]
 
 
 def add_overrides(p: argparse.ArgumentParser, example: str) -> None:

@@ -1,4 +1,4 @@
-"""``nepa eval {knn,linear} RUN_DIR [--data MODULE_OR_FILE:FUNCTION] [--set eval.layer=2 ...]
+"""``nepa eval {knn,linear,attentive,finetune} RUN_DIR [--data MODULE_OR_FILE:FUNCTION] [--set eval.layer=2 ...]
 [--random-init] [--json FILE]``."""
 
 from __future__ import annotations
@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from nepa.cli import add_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a run's frozen features")
+    p = sub.add_parser("eval", help="evaluate a run: frozen-feature probes or fine-tuning")
     evsub = p.add_subparsers(dest="eval_command", required=True)
     k = evsub.add_parser(
         "knn", help="k-NN classification (k=20, cosine, temperature-weighted votes)"
@@ -30,6 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _common(lin)
     lin.set_defaults(func=run_linear)
+    att = evsub.add_parser(
+        "attentive",
+        help="attentive probe: learned queries over frozen tokens (eval.attentive.*), "
+        "lr chosen on a validation split of train",
+    )
+    _common(att)
+    att.set_defaults(func=run_attentive)
+    ft = evsub.add_parser(
+        "finetune",
+        help="full fine-tuning: bidirectional attention, layer-wise lr decay, RandAugment, "
+        "mixup/cutmix (eval.finetune.*)",
+    )
+    _common(ft)
+    ft.set_defaults(func=run_finetune)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -102,10 +117,27 @@ def run_knn(args: argparse.Namespace) -> int:
 def run_linear(args: argparse.Namespace) -> int:
     from nepa.eval.run import linear_eval
 
+    return _run_one(args, linear_eval)
+
+
+def run_attentive(args: argparse.Namespace) -> int:
+    from nepa.eval.run import attentive_eval
+
+    return _run_one(args, attentive_eval)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from nepa.eval.run import finetune_eval
+
+    return _run_one(args, finetune_eval)
+
+
+def _run_one(args: argparse.Namespace, evaluate: Callable[..., dict]) -> int:
+    """Load the run, evaluate it once, print one JSON line and write ``--json``."""
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
-    result = linear_eval(*loaded)
+    result = evaluate(*loaded)
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

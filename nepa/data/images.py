@@ -7,6 +7,7 @@ when the stored size differs) and a center crop. Both end with ``ToDtype`` + ``N
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -147,6 +148,17 @@ class ImageDataset(Dataset):
         self.train = train
         self._augment, self._normalize = augment, normalize
         self._eval_tf = eval_transform
+        self._extra: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def augmented(
+        self, extra: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> ImageDataset:
+        """A training view of the same images (shared, not copied): ``view[(i, aug_seed)]`` is
+        the seeded crop/flip, then ``extra`` on the uint8 (C, H, W) crop (e.g. RandAugment for
+        fine-tuning), then normalisation."""
+        view = copy.copy(self)
+        view.train, view._extra = True, extra
+        return view
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -157,7 +169,8 @@ class ImageDataset(Dataset):
         if not self.train or aug_seed is None:
             x = self._eval_tf(img_CHW)
         else:
-            x = self._normalize(self._augment(img_CHW, aug_seed))
+            img_CHW = self._augment(img_CHW, aug_seed)
+            x = self._normalize(img_CHW if self._extra is None else self._extra(img_CHW))
         return x, int(self.labels[index])
 
 

@@ -17,10 +17,14 @@ import math
 from collections.abc import Callable
 from functools import lru_cache
 from os import PathLike
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nepa.registry import Registry
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 Grid = tuple[int, ...]
 ScanFn = Callable[..., np.ndarray]  # fn(grid: Grid, seed: int = 0) -> (prod(grid),) int64
@@ -350,12 +354,23 @@ def draw_path_png(
     from matplotlib.figure import Figure
 
     grid = _validate_grid(grid)
-    x, y, f, (t, h, w) = _panel_xy(order, grid)
+    t, h, w = (1, 1, *grid)[-3:]
     total_w = t * (w + 1) - 1
     scale = min(0.5, 10.0 / max(total_w, h))  # inches per cell, capped for large grids
     fig = Figure(figsize=(max(2.5, total_w * scale + 0.6), max(2.0, h * scale + 0.8)))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    draw_path(ax, order, grid, title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+
+
+def draw_path(ax: Axes, order: np.ndarray, grid: Grid, title: str | None = None) -> None:
+    """Draw the scan on one matplotlib ``ax``: light cell grid, the path through cell centres,
+    start (green ``o``, label "start") and end (red ``s``, label "end"); y points down."""
+    grid = _validate_grid(grid)
+    x, y, f, (t, h, w) = _panel_xy(order, grid)
+    total_w = t * (w + 1) - 1
     for k in range(t):
         x0 = k * (w + 1) - 0.5
         ax.vlines(x0 + np.arange(w + 1), -0.5, h - 0.5, color="0.85", lw=0.8)
@@ -376,7 +391,5 @@ def draw_path_png(
     ax.set_ylim(h - 0.4, -0.6)  # inverted: row 0 at the top, like an image
     ax.set_aspect("equal")
     ax.set_axis_off()
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
     if title:
         ax.set_title(title)
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")

@@ -98,6 +98,18 @@ def attention(
     return _sdpa(q, k, v, mask, dropout_p)
 
 
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec) -> torch.Tensor:
+    """The probabilities every backend applies to v, explicitly (for inspection, not training):
+    ``softmax(q k^T / sqrt(Dh))`` with disallowed keys at exactly 0. q, k: (B, T, H, Dh) ->
+    (B, H, T, T) fp32."""
+    q, k = (t.transpose(1, 2).float() for t in (q, k))  # (B, H, T, Dh)
+    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, T)
+    allowed = mask.dense(q.shape[2], q.device)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
 def _sdpa(q, k, v, mask: MaskSpec, dropout_p: float) -> torch.Tensor:
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
     T = q.shape[2]

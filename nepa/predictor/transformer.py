@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from nepa.predictor.attention import MaskSpec, ResolvedBackend, attention, resolve_backend
+from nepa.predictor.attention import (
+    MaskSpec,
+    ResolvedBackend,
+    attention,
+    attention_weights,
+    resolve_backend,
+)
 from nepa.predictor.config import PredictorConfig
 from nepa.predictor.rope import RotaryND, apply_rotary, normalized_coords
 
@@ -60,15 +66,28 @@ class Attention(nn.Module):
         self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: MaskSpec
     ) -> torch.Tensor:
         B, T, D = x_BTD.shape
+        out = attention(*self.heads_qkv(x_BTD, rope), mask, self.backend)
+        return self.proj(out.reshape(B, T, D))
+
+    def heads_qkv(
+        self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as the kernel sees them, each (B, T, H, Dh): q/k normed and rotated."""
+        B, T, _ = x_BTD.shape
         q, k, v = self.qkv(x_BTD).view(B, T, 3, self.heads, self.head_dim).unbind(2)  # (B,T,H,Dh)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         # Under CUDA autocast the LayerNorms return fp32 while v is bf16; kernels that do not
         # autocast (xformers) want one dtype. A no-op whenever the dtypes already agree.
-        q, k = q.to(v.dtype), k.to(v.dtype)
-        out = attention(q, k, v, mask, self.backend)
-        return self.proj(out.reshape(B, T, D))
+        return q.to(v.dtype), k.to(v.dtype), v
+
+    def weights(
+        self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: MaskSpec
+    ) -> torch.Tensor:
+        """The attention probabilities this layer's kernel applies to v: (B, H, T, T), fp32."""
+        q, k, _ = self.heads_qkv(x_BTD, rope)
+        return attention_weights(q, k, mask)
 
 
 class Mlp(nn.Module):
@@ -195,9 +214,7 @@ class Predictor(nn.Module):
     ):
         """Returns (B, T+1, D) final-normed outputs, or with ``return_layers`` a list of the
         final-normed outputs after each requested block (1-based; ``depth`` = the last)."""
-        x = torch.cat(
-            [self.start_token.expand(emb_BTD.shape[0], -1, -1).to(emb_BTD.dtype), emb_BTD], dim=1
-        )
+        x = self._with_start(emb_BTD)
         rope = self.rope_tables(coords_TA, grid)
         mask = self.mask_spec(keep_BT, mask_mode)
         wanted = set(return_layers or [])
@@ -209,3 +226,36 @@ class Predictor(nn.Module):
         if return_layers is not None:
             return [outs[i] for i in return_layers]
         return self.norm(x)
+
+    def attention_maps(
+        self,
+        emb_BTD: torch.Tensor,
+        coords_TA: torch.Tensor,
+        grid: tuple[int, ...],
+        keep_BT: torch.Tensor | None = None,
+        *,
+        layer: int,
+        mask_mode: str | None = None,
+    ) -> torch.Tensor:
+        """Attention probabilities of block ``layer`` (1-based), per head: (B, H, T+1, T+1).
+
+        Index 0 on both query and key axes is the start token; the rest are tokens in the
+        order given (scan order). Recomputed from the block's own q/k path (QK-norm, RoPE) with
+        the same mask as :meth:`forward`, so ``weights @ v`` is what the kernel computes.
+        """
+        if not 1 <= layer <= len(self.blocks):
+            raise ValueError(
+                f"layer {layer} is out of range: this predictor has blocks 1..{len(self.blocks)}"
+            )
+        x = self._with_start(emb_BTD)
+        rope = self.rope_tables(coords_TA, grid)
+        mask = self.mask_spec(keep_BT, mask_mode)
+        for blk in self.blocks[: layer - 1]:
+            x = blk(x, rope, mask)
+        blk = self.blocks[layer - 1]
+        return blk.attn.weights(blk.norm1(x), rope, mask)
+
+    def _with_start(self, emb_BTD: torch.Tensor) -> torch.Tensor:
+        """[s, z_1..z_T]: (B, T+1, D)."""
+        start = self.start_token.expand(emb_BTD.shape[0], -1, -1).to(emb_BTD.dtype)
+        return torch.cat([start, emb_BTD], dim=1)

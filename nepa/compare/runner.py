@@ -1,0 +1,212 @@
+"""Train and evaluate every (cell, seed) of a comparison, resumably.
+
+A run is trained once (resumed from its latest checkpoint if it was interrupted) and each
+evaluation is stored in the run's ``compare.json`` as soon as it finishes, so rerunning the same
+command redoes nothing that is done. A run whose training config no longer matches the plan is
+refused; one whose evaluation settings changed is re-evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nepa.compare.grid import Cell, cell_config
+from nepa.config import ConfigError, RunConfig
+from nepa.eval.load import WEIGHTS, load_weights
+from nepa.train.build import build_objective
+from nepa.train.checkpoint import list_checkpoints
+from nepa.train.rundir import CONFIG, METRICS, read_metrics
+from nepa.train.trainer import RESUME_MAY_DIFFER, train
+
+log = logging.getLogger(__name__)
+RUN_STATE = "compare.json"
+PLAN = "plan.json"
+
+
+def protocols() -> dict[str, Callable[..., dict]]:
+    """Evaluation protocols by name, each ``(cfg, objective, device, splits) -> dict``."""
+    from nepa.eval import run
+
+    return {
+        "knn": lambda *a, **kw: run.knn_eval(*a, **kw)[0],
+        "linear": run.linear_eval,
+        **{
+            n: getattr(run, f"{n}_eval")
+            for n in ("attentive", "finetune")
+            if hasattr(run, f"{n}_eval")
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: str  # canonical MODULE_OR_FILE:FUNCTION
+    overrides: tuple[str, ...]  # --set, applied to every cell
+    cells: tuple[Cell, ...]
+    seeds: tuple[int, ...]
+    evals: tuple[str, ...]
+    random_init: bool  # also evaluate each run's architecture at its seeded random init
+
+    def runs(self) -> list[tuple[Cell, int]]:
+        return [(c, s) for c in self.cells for s in self.seeds]
+
+    def eval_keys(self) -> list[str]:
+        inits = [False, True] if self.random_init else [False]
+        return [f"{p}@init" if init else p for p in self.evals for init in inits]
+
+
+def check_plan(out: Path, plan: Plan) -> None:
+    """An output directory belongs to one recipe and one set of --set overrides; cells, seeds
+    and evaluations may be added later."""
+    file = out / PLAN
+    if file.is_file():
+        old = json.loads(file.read_text())
+        if old["recipe"] != plan.recipe or old["overrides"] != list(plan.overrides):
+            raise ConfigError(
+                f"{out} holds a comparison of {old['recipe']} with --set {old['overrides']}; "
+                "use another --out for a different recipe or --set"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "recipe": plan.recipe,
+        "overrides": list(plan.overrides),
+        "cells": [c.as_dict() for c in plan.cells],
+        "seeds": list(plan.seeds),
+        "evals": list(plan.evals),
+        "random_init": plan.random_init,
+    }
+    file.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def train_part(cfg: RunConfig) -> dict:
+    """The config without what may change without retraining (evaluation, logging cadence)."""
+    d = cfg.model_dump(mode="json")
+    d.pop("eval")
+    for key in RESUME_MAY_DIFFER:
+        section, name = key.split(".")
+        d[section].pop(name, None)
+    return d
+
+
+class Comparison:
+    def __init__(self, plan: Plan, base: RunConfig, out: Path, *, progress: bool = False):
+        self.plan, self.base, self.out, self.progress = plan, base, out, progress
+        self._splits: dict[str, tuple] = {}
+        self._protocols = protocols()
+        unknown = [e for e in plan.evals if e not in self._protocols]
+        if unknown:
+            raise ConfigError(f"unknown --eval {unknown}; valid: {', '.join(self._protocols)}")
+        # Every cell's config is built before anything runs: a bad value fails now, not later.
+        self.configs = {(c, s): cell_config(base, c, s) for c, s in plan.runs()}
+
+    def run_dir(self, cell: Cell, seed: int) -> Path:
+        return self.out / "runs" / f"{cell.name}-s{seed}"
+
+    def run_all(self, on_done: Callable[[], None] | None = None) -> bool:
+        """Every run in plan order; ``on_done`` after each (to rewrite the report). Returns
+        False if a run was stopped before it finished (SIGTERM, bad data)."""
+        for i, (cell, seed) in enumerate(self.plan.runs(), 1):
+            log.info("compare: run %d/%d: %s seed %d", i, len(self.plan.runs()), cell.name, seed)
+            if not self.run_one(cell, seed):
+                return False
+            if on_done:
+                on_done()
+        return True
+
+    def run_one(self, cell: Cell, seed: int) -> bool:
+        cfg, rd = self.configs[(cell, seed)], self.run_dir(cell, seed)
+        state = self._state(rd, cfg)
+        if not (rd / WEIGHTS).is_file() and not self._train(cfg, rd, state):
+            return False
+        for key in self.plan.eval_keys():
+            if key not in state["evals"]:
+                state["evals"][key] = self._evaluate(cfg, rd, key)
+                self._save(rd, state)
+        return True
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _state(self, rd: Path, cfg: RunConfig) -> dict:
+        file = rd / RUN_STATE
+        state = json.loads(file.read_text()) if file.is_file() else {}
+        if state and state["train_config"] != train_part(cfg):
+            raise ConfigError(
+                f"{rd} was trained with another config than this comparison now gives it "
+                "(was the recipe edited?); delete that run directory or use another --out"
+            )
+        if state.get("eval_config") != cfg.eval.model_dump(mode="json"):
+            state["evals"] = {}  # the evaluation settings changed: evaluate again
+        return {
+            "train_config": train_part(cfg),
+            "eval_config": cfg.eval.model_dump(mode="json"),
+            "train_seconds": state.get("train_seconds", 0.0),
+            "evals": state.get("evals", {}),
+        }
+
+    def _save(self, rd: Path, state: dict) -> None:
+        tmp = rd / f".{RUN_STATE}.tmp"
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(rd / RUN_STATE)
+
+    def _train(self, cfg: RunConfig, rd: Path, state: dict) -> bool:
+        resume = bool(list_checkpoints(rd / "checkpoints"))
+        if not resume and rd.exists():
+            # Killed before its first checkpoint: start clean (stale metrics would be appended).
+            for stale in (METRICS, "tb", CONFIG):
+                path = rd / stale
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        rd.mkdir(parents=True, exist_ok=True)
+        self._save(rd, state)
+        t0 = time.perf_counter()
+        result = train(cfg, rd, recipe=self.plan.recipe, resume=resume, progress=self.progress)
+        state["train_seconds"] += time.perf_counter() - t0
+        self._save(rd, state)
+        if result.stopped_by != "completed":
+            log.warning("compare: %s stopped (%s); rerun to resume", rd, result.stopped_by)
+            return False
+        return True
+
+    def _evaluate(self, cfg: RunConfig, rd: Path, key: str) -> dict:
+        name, _, init = key.partition("@")
+        objective = build_objective(cfg)  # seeded: this is the random-init baseline as built
+        if not init:
+            objective.load_state_dict(load_weights(rd))
+        device = torch.device(
+            "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+        )
+        splits_key = json.dumps(
+            [cfg.data.model_dump(mode="json"), cfg.eval.max_train, cfg.eval.max_test]
+        )
+        if splits_key not in self._splits:
+            from nepa.eval.run import eval_splits
+
+            self._splits = {splits_key: eval_splits(cfg)}  # keep one: splits hold decoded data
+        log.info("compare: %s on %s", key, rd.name)
+        result = self._protocols[name](cfg, objective, device, splits=self._splits[splits_key])
+        return {**result, "random_init": bool(init)}
+
+
+def run_summary(rd: Path) -> dict:
+    """Training figures of a run from its metrics.jsonl (the last record per step wins)."""
+    by_step: dict[int, dict] = {}
+    for r in read_metrics(rd):
+        by_step.setdefault(r["step"], {}).update(r)
+    rows = [by_step[s] for s in sorted(by_step)]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
+    monitor = [r for r in rows if "collapse/eff_rank" in r]
+    return {
+        "final_loss": statistics.fmean(losses[-3:]) if losses else None,
+        "samples_per_s": statistics.median(rates) if rates else None,
+        "eff_rank": monitor[-1]["collapse/eff_rank"] if monitor else None,
+        "std_x_sqrt_d": monitor[-1]["collapse/std_x_sqrt_d"] if monitor else None,
+        "curve": [(r["step"], r["loss"]) for r in rows if "loss" in r],
+    }

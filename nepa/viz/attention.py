@@ -1,0 +1,71 @@
+"""The predictor's real attention weights of chosen query patches, mapped back to the grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nepa.viz.grid import Cell, to_grid, token_index
+from nepa.viz.model import VizError, VizModel
+
+
+@dataclass
+class AttentionMaps:
+    """Attention of each query patch at one layer (mean over heads, or one head).
+
+    maps_QHW: (Q, gh, gw) weight the query puts on each patch; NaN where the mask hides the
+              key (under causal attention: patches after the query in scan order).
+    start_Q:  (Q,) weight on the start token (rows of ``maps`` + start sum to 1).
+    steps:    the scan step of each query (its position in token order).
+    """
+
+    cells: list[Cell]
+    steps: list[int]
+    maps_QHW: torch.Tensor
+    start_Q: torch.Tensor
+    layer: int
+    mask_mode: str
+    head: int | None
+
+
+@torch.no_grad()
+def attention_maps(
+    model: VizModel,
+    x_CHW: torch.Tensor,
+    *,
+    cells: list[Cell],
+    layer: int,
+    mask_mode: str | None = None,
+    head: int | None = None,
+) -> AttentionMaps:
+    """Attention of ``cells`` (grid (row, col)) at block ``layer`` (1-based) for one image.
+
+    ``mask_mode`` None uses the run's own mask; ``head`` None averages the heads.
+    """
+    mode = mask_mode or model.cfg.predictor.mask
+    n_heads = model.cfg.predictor.heads
+    if head is not None and not 0 <= head < n_heads:
+        raise VizError(f"head {head} is out of range: this run has heads 0..{n_heads - 1}")
+    tok = model.encoder(x_CHW[None])
+    attn_HSS = model.predictor.attention_maps(
+        tok.emb, tok.coords, tok.grid, tok.mask, layer=layer, mask_mode=mode
+    )[0]  # (heads, T+1, T+1), index 0 = start token
+    attn_SS = attn_HSS.mean(0) if head is None else attn_HSS[head]
+    steps = [token_index(tok.coords, c) for c in cells]
+    rows = torch.tensor(steps) + 1  # query rows, past the start token
+    S = attn_SS.shape[0]
+    allowed = model.predictor.mask_spec(tok.mask, mode).dense(S, attn_SS.device)
+    visible_QT = torch.ones(len(rows), S - 1, dtype=torch.bool)
+    if allowed is not None:
+        visible_QT = allowed[0, 0][rows, 1:]
+    keys_QT = attn_SS[rows, 1:].masked_fill(~visible_QT, float("nan"))
+    return AttentionMaps(
+        cells=list(cells),
+        steps=steps,
+        maps_QHW=to_grid(keys_QT, tok.coords, tok.grid),
+        start_Q=attn_SS[rows, 0],
+        layer=layer,
+        mask_mode=mode,
+        head=head,
+    )

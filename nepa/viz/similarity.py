@@ -1,0 +1,51 @@
+"""Cosine similarity of chosen patches' embeddings to every patch: encoder z and layer h."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nepa.viz.grid import Cell, to_grid, token_index
+from nepa.viz.model import VizModel
+
+
+@dataclass
+class SimilarityMaps:
+    """z_QHW / h_QHW: (Q, gh, gw) cosine similarity of each chosen patch to every patch, for
+    the patch encoder's embedding z and for block ``layer``'s final-normed output h."""
+
+    cells: list[Cell]
+    z_QHW: torch.Tensor
+    h_QHW: torch.Tensor
+    layer: int
+    mask_mode: str
+
+
+def cosine_to(emb_TD: torch.Tensor, steps: list[int]) -> torch.Tensor:
+    """Cosine similarity of the tokens at ``steps`` to all tokens: (T, D) -> (Q, T)."""
+    unit_TD = F.normalize(emb_TD.float(), dim=-1)
+    return unit_TD[steps] @ unit_TD.T
+
+
+@torch.no_grad()
+def similarity_maps(
+    model: VizModel,
+    x_CHW: torch.Tensor,
+    *,
+    cells: list[Cell],
+    layer: int,
+    mask_mode: str | None = None,
+) -> SimilarityMaps:
+    """Similarity maps of ``cells`` for one image at block ``layer`` (1-based)."""
+    mode = mask_mode or model.cfg.predictor.mask
+    hs, tok, *_ = model.objective.features(x_CHW[None], layers=[layer], mask_mode=mode)
+    steps = [token_index(tok.coords, c) for c in cells]
+    return SimilarityMaps(
+        cells=list(cells),
+        z_QHW=to_grid(cosine_to(tok.emb[0], steps), tok.coords, tok.grid),
+        h_QHW=to_grid(cosine_to(hs[0][0], steps), tok.coords, tok.grid),
+        layer=layer,
+        mask_mode=mode,
+    )

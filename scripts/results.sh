@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The measured tables of docs/results.md, in order. Each `nepa compare` resumes where it
+# stopped (finished runs and evaluations are kept), so this script can be rerun after an
+# interruption. Needs NEPA_DATA_DIR (the folder holding cifar10-png.tar.gz).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NEPA=${NEPA:-.venv/bin/nepa}
+OUT=${OUT:-results}
+table="${1:-all}"
+
+if [[ $table == all || $table == cifar10 ]]; then
+  # ViT-Tiny-class NEPA on CIFAR-10, about 30 minutes of training on 2 CPU cores.
+  $NEPA compare recipes.cifar10:tiny --set train.steps=900 \
+    --eval knn,linear --random-init --out "$OUT/cifar10-tiny"
+fi
+if [[ $table == all || $table == ablations ]]; then
+  # The paper's ablations, each one change from nepa_tiny, 2 seeds.
+  $NEPA compare recipes.cifar10:nepa_tiny \
+    --ablate predictor.mask+eval.attn=bidirectional \
+    --ablate objective.shift=false \
+    --ablate objective.stop_grad=false \
+    --ablate predictor.rope=false \
+    --seeds 2 --eval knn,linear --random-init --out "$OUT/ablations"
+fi
+if [[ $table == all || $table == scans ]]; then
+  # Scan orders, 3 seeds each.
+  $NEPA compare recipes.cifar10:nepa_tiny \
+    --vary encoder.scan=raster,snake,zigzag,hilbert,spiral,random \
+    --seeds 3 --eval knn,linear --out "$OUT/scans"
+fi

@@ -1,0 +1,160 @@
+"""nepa compare: the grid, the runner's resumption, and the files it writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_recipe import TINY_RECIPE, tiny
+from torchvision.io import decode_png
+
+import nepa.compare.runner as runner
+from nepa.cli import main
+from nepa.compare.grid import Vary, cells, check_key, parse_ablation, parse_vary, split_values
+from nepa.config import ConfigError
+
+GRID = [
+    "--vary",
+    "encoder.scan=raster,hilbert",
+    "--vary",
+    "predictor.mask+eval.attn=causal,bidirectional",
+    "--seeds",
+    "2",
+    "--eval",
+    "knn",
+    "--set",
+    "train.steps=2",
+]
+
+
+def test_split_values_keeps_brackets_and_quotes() -> None:
+    assert split_values("a,[0.5, 2],b") == ["a", "[0.5, 2]", "b"]
+    assert split_values("'x,y',z") == ["'x,y'", "z"]
+    assert split_values("raster") == ["raster"]
+
+
+def test_unknown_key_names_the_nearest_valid_keys() -> None:
+    with pytest.raises(ConfigError, match=r"nearest valid keys: encoder\.scan"):
+        check_key(tiny(), "encoder.scna")
+    with pytest.raises(ConfigError, match=r"predictor\.rope"):
+        check_key(tiny(), "rope")  # a leaf given without its section
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_vary("seed=0,1", tiny())
+    with pytest.raises(ConfigError, match="distinct"):
+        parse_vary("encoder.scan=raster,raster", tiny())
+
+
+def test_cells_are_the_product_and_linked_keys_move_together() -> None:
+    cfg = tiny()
+    grid = cells([parse_vary(GRID[1], cfg), parse_vary(GRID[3], cfg)])
+    assert [c.name for c in grid] == [
+        "scan=raster_mask=causal",
+        "scan=raster_mask=bidirectional",
+        "scan=hilbert_mask=causal",
+        "scan=hilbert_mask=bidirectional",
+    ]
+    assert grid[1].overrides() == [
+        "encoder.scan=raster",
+        "predictor.mask=bidirectional",
+        "eval.attn=bidirectional",
+    ]
+
+
+def test_colliding_short_names_fall_back_to_full_keys() -> None:
+    grid = cells([Vary(("a.x",), ("1",)), Vary(("b.x",), ("1", "2"))])
+    assert [c.name for c in grid] == ["a.x=1_b.x=1", "a.x=1_b.x=2"]
+
+
+def test_ablations_are_the_recipe_plus_one_change_each() -> None:
+    cfg = tiny()
+    changes = [
+        parse_ablation("objective.shift=false", cfg),
+        parse_ablation("predictor.rope=false", cfg),
+    ]
+    grid = cells([], changes)
+    assert [c.name for c in grid] == ["base", "shift=false", "rope=false"]
+    assert [c.overrides() for c in grid] == [
+        [],
+        ["objective.shift=false"],
+        ["predictor.rope=false"],
+    ]
+    with pytest.raises(ConfigError, match="one value"):
+        parse_ablation("predictor.rope=true,false", cfg)
+
+
+def _png_ok(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    img = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    assert img.shape[0] in (3, 4) and img.shape[1] > 100 and img.shape[2] > 100
+
+
+def test_compare_2x2_grid_2_seeds_writes_everything_and_resumes(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "cmp"
+    calls: list[Path] = []
+    real_train = runner.train
+
+    def counting_train(cfg, rd, **kw):
+        calls.append(Path(rd))
+        return real_train(cfg, rd, **kw)
+
+    monkeypatch.setattr(runner, "train", counting_train)
+    assert main(["compare", TINY_RECIPE, *GRID, "--out", str(out)]) == 0
+    assert len(calls) == 8
+    for name in ("results.csv", "results.json", "results.md", "loss.png", "accuracy.png"):
+        assert (out / name).is_file(), name
+    _png_ok(out / "loss.png")
+    _png_ok(out / "accuracy.png")
+    rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
+    assert len(rows) == 8 and {r["seed"] for r in rows} == {"0", "1"}
+    assert all(0 <= float(r["knn_top1"]) <= 1 for r in rows)
+    report = json.loads((out / "results.json").read_text())
+    assert len(report["cells"]) == 4
+    for cell in report["cells"]:
+        vals = [float(r["knn_top1"]) for r in rows if r["cell"] == cell["cell"]]
+        assert cell["knn_top1"]["n"] == 2
+        assert cell["knn_top1"]["mean"] == pytest.approx(sum(vals) / 2)
+    md = (out / "results.md").read_text()
+    assert md.count("| raster |") == 2 and md.count("| hilbert |") == 2
+
+    # Rerun: nothing is trained or evaluated again, and the results are unchanged.
+    before = (out / "results.csv").read_text()
+    calls.clear()
+    monkeypatch.setattr(runner.Comparison, "_evaluate", lambda *a: pytest.fail("re-evaluated"))
+    assert main(["compare", TINY_RECIPE, *GRID, "--out", str(out)]) == 0
+    assert calls == [] and (out / "results.csv").read_text() == before
+
+
+def test_an_unfinished_run_is_resumed_and_a_changed_recipe_refused(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", TINY_RECIPE, "--vary", "encoder.scan=raster,hilbert", "--set"]
+    assert main([*args, "train.steps=2", "--out", str(out)]) == 0
+    # As if the second run had been killed after its checkpoint, before exporting weights.
+    (out / "runs" / "scan=hilbert-s0" / "model.safetensors").unlink()
+    calls: list[tuple[str, bool]] = []
+    real_train = runner.train
+
+    def counting_train(cfg, rd, **kw):
+        calls.append((Path(rd).name, kw["resume"]))
+        return real_train(cfg, rd, **kw)
+
+    monkeypatch.setattr(runner, "train", counting_train)
+    assert main([*args, "train.steps=2", "--out", str(out)]) == 0
+    assert calls == [("scan=hilbert-s0", True)]
+    # Another --set is another comparison.
+    assert main([*args, "train.steps=3", "--out", str(out)]) == 2
+
+
+def test_bad_vary_key_and_bad_value_fail_before_any_run(tmp_path, capsys) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", TINY_RECIPE, "--vary", "encoder.scna=raster", "--out", str(out)]) == 2
+    assert "nearest valid keys: encoder.scan" in capsys.readouterr().err
+    assert (
+        main(["compare", TINY_RECIPE, "--vary", "encoder.scan=raster,nope", "--out", str(out)]) == 2
+    )
+    assert "cell scan=nope" in capsys.readouterr().err
+    assert main(["compare", TINY_RECIPE, "--eval", "knn,bogus", "--out", str(out)]) == 2
+    assert not (out / "runs").exists()
