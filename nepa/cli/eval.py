@@ -1,5 +1,5 @@
-"""``nepa eval {knn,linear,attentive,finetune} RUN_DIR [--data MODULE_OR_FILE:FUNCTION] [--set eval.layer=2 ...]
-[--random-init] [--json FILE]``."""
+"""``nepa eval {knn,linear,attentive,finetune} RUN_DIR [--data MODULE_OR_FILE:FUNCTION]
+[--set eval.layer=2 ...] [--random-init] [--device cpu] [--json FILE]``."""
 
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ def _load(args: argparse.Namespace):
 
     from nepa.config import ConfigError, apply_overrides, load_recipe
     from nepa.eval.load import load_run
+    from nepa.train.checkpoint import CheckpointError
 
     try:
         cfg, objective = load_run(args.run_dir, random_init=args.random_init)
@@ -81,7 +82,7 @@ def _load(args: argparse.Namespace):
                 f"only eval.* and data.* keys can be overridden at evaluation, got {bad}"
             )
         cfg = apply_overrides(cfg, args.overrides)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:
         print(f"nepa eval: {e}", file=sys.stderr)
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -17,7 +17,7 @@ from nepa.eval.finetune import Classifier, classify_top1, finetune
 from nepa.eval.knn import knn_top1
 from nepa.eval.linear import linear_probe
 from nepa.objectives.base import Objective
-from nepa.train.build import build_objective, place, resolve_precision
+from nepa.train.build import build_objective, resolve_precision
 
 
 def eval_splits(cfg: RunConfig):
@@ -243,7 +243,8 @@ def finetune_eval(
     train_ds, test_ds = splits or eval_splits(cfg)
     t0 = time.perf_counter()
     model = finetune_classifier(cfg, objective, train_ds.num_classes)
-    place(model, device)
+    model.to(device)
+    model.predictor.set_backend(device)
     bf16, _ = resolve_precision(cfg.train.precision, device)
     stats = finetune(model, train_ds, f, device=device, bf16=bf16, seed=cfg.seed)
     top1 = classify_top1(model, test_ds, device=device, batch_size=cfg.eval.batch_size, bf16=bf16)

@@ -8,10 +8,10 @@ from pathlib import Path
 from nepa.config import ConfigError, RunConfig
 from nepa.data.images import ImageDataConfig
 from nepa.encoders.base import Encoder
-from nepa.eval.load import WEIGHTS, load_run
+from nepa.eval.load import load_run
 from nepa.objectives.base import Objective
 from nepa.predictor.transformer import Predictor
-from nepa.train.checkpoint import list_checkpoints
+from nepa.train.checkpoint import CheckpointError
 
 
 class VizError(ValueError):
@@ -42,20 +42,12 @@ class VizModel:
 
 
 def load_viz_model(run_dir: Path, *, random_init: bool = False) -> VizModel:
-    """The run's trained weights (or its seeded random init) as a :class:`VizModel`."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise VizError(f"run directory not found: {run_dir}")
-    has_weights = (run_dir / WEIGHTS).is_file() or list_checkpoints(run_dir / "checkpoints")
-    if not random_init and not has_weights:
-        raise VizError(
-            f"{run_dir} has no weights ({WEIGHTS} or checkpoints/step_*.pt): train it first, "
-            "or pass --random-init to see the untrained architecture"
-        )
+    """The run's trained weights (or its seeded random init) as a :class:`VizModel`; a run
+    directory that cannot be loaded raises VizError saying why (nepa.eval.load's message)."""
     try:
-        cfg, objective = load_run(run_dir, random_init=random_init)
-    except (ConfigError, FileNotFoundError) as e:
-        raise VizError(str(e)) from e
+        cfg, objective = load_run(Path(run_dir), random_init=random_init)
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:
+        raise VizError(str(e)) from None
     return image_model(cfg, objective)
 
 

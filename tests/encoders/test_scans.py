@@ -292,3 +292,41 @@ def test_cli_png(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["scans", "show", "--grid", "8x8", "--order", "hilbert", "--png", str(png)]) == 0
     assert png.stat().st_size > 0 and png.read_bytes()[:4] == b"\x89PNG"
     assert capsys.readouterr().out.startswith(" 0 ")  # text grid still printed
+
+
+def test_scans_figure_has_a_panel_per_order() -> None:
+    from nepa.viz.figures import scans_figure
+
+    for grid in [(8, 8), (3, 5), (6,)]:
+        fig = scans_figure(grid)
+        # Read the registry now: a user file imported by another test may have added an order.
+        assert [ax.get_title() for ax in fig.axes] == SCANS.names()
+        for ax in fig.axes:  # one path, start and end per panel
+            assert len(ax.lines) == 3
+
+
+def test_cli_png_all_orders(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from torchvision.io import decode_png, read_file
+
+    png = tmp_path / "scans.png"
+    assert main(["scans", "show", "--grid", "8x8", "--order", "all", "--png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = decode_png(read_file(str(png)))
+    assert img.shape[0] in (3, 4) and img.shape[1] > 300 and img.shape[2] > 600
+    out = capsys.readouterr().out
+    assert all(f"{name}\n" in out for name in SCANS.names())  # a text table per order
+
+
+def test_cli_all_orders_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scans", "show", "--grid", "3x4", "--order", "all", "--seed", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["grid"] == [3, 4]
+    assert out["orders"] == {n: scan_order(n, (3, 4), seed=2).tolist() for n in SCANS.names()}
+
+
+def test_cli_all_orders_refuses_3d(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "scans.png"
+    assert main(["scans", "show", "--grid", "2x4x4", "--order", "all", "--png", str(png)]) == 2
+    captured = capsys.readouterr()
+    assert "1-D or 2-D grids" in captured.err and "Traceback" not in captured.err
+    assert not png.exists() and captured.out == ""

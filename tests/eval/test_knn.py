@@ -174,7 +174,7 @@ def test_a_run_without_exported_weights_loads_its_latest_checkpoint(tiny_run, tm
     """An interrupted run has no model.safetensors: evaluation uses its latest checkpoint."""
     import shutil
 
-    from nepa.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+    from nepa.train.checkpoint import latest_checkpoint, load_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -184,7 +184,7 @@ def test_a_run_without_exported_weights_loads_its_latest_checkpoint(tiny_run, tm
     for k, v in obj.state_dict().items():
         torch.testing.assert_close(v, state[k], rtol=0, atol=0)
     shutil.rmtree(run / "checkpoints")
-    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+    with pytest.raises(FileNotFoundError, match="has not saved any weights"):
         load_run(run)
 
 

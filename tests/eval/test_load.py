@@ -69,3 +69,12 @@ def test_damaged_exported_weights(tiny_run: Path, tmp_path: Path) -> None:
     (run / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ConfigError, match="damaged"):
         load_run(run)
+
+
+def test_damaged_checkpoint_of_an_unfinished_run(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    run = _copy(tiny_run, tmp_path)
+    (run / "model.safetensors").unlink()
+    for ckpt in (run / "checkpoints").glob("step_*.pt"):
+        ckpt.write_bytes(ckpt.read_bytes()[:100])
+    assert main(["eval", "knn", str(run)]) == 2
+    assert "damaged" in capsys.readouterr().err
