@@ -46,7 +46,7 @@ def collect(comp: Comparison) -> list[dict]:
 
 
 def metric_columns(comp: Comparison) -> list[str]:
-    return [*(f"{k}_top1" for k in comp.plan.eval_keys()), "final_loss", "eff_rank"]
+    return [*(f"{k}_top1" for k in comp.plan.eval_keys()), "final_loss", "eff_rank", "std_x_sqrt_d"]
 
 
 def aggregate(comp: Comparison, rows: list[dict]) -> list[dict]:
@@ -101,13 +101,14 @@ def markdown(comp: Comparison, cells: list[dict]) -> str:
     plan, base = comp.plan, comp.base
     labels = [label for label, _ in plan.cells[0].choices] if plan.cells else []
     evals = plan.eval_keys()
-    head = [*labels, "seeds", *(f"{e} top-1 %" for e in evals), "final loss", "eff. rank"]
+    head = [*labels, "seeds", *(f"{e} top-1 %" for e in evals), "final loss", "eff. rank", "std·√D"]
     lines = [
         f"# nepa compare: {plan.recipe}",
         "",
         f"Budget per run: {base.train.steps} steps of batch {base.train.batch_size} "
         f"({base.train.steps * base.train.batch_size:,} samples); seeds {list(plan.seeds)}; "
-        f"--set {' '.join(plan.overrides) or '(none)'}. Mean ± sample std over seeds.",
+        f"--set {' '.join(plan.overrides) or '(none)'}. Mean ± sample std over seeds. "
+        "Eff. rank and std·√D describe the last monitored predictions (collapse: both fall).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -115,7 +116,7 @@ def markdown(comp: Comparison, cells: list[dict]) -> str:
     for c in cells:
         vals = [c[label] for label in labels] + [str(c["runs"])]
         vals += [_fmt(c[f"{e}_top1"], 100) for e in evals]
-        vals += [_fmt(c["final_loss"], 1, 4), _fmt(c["eff_rank"], 1, 1)]
+        vals += [_fmt(c["final_loss"], 1, 4), _fmt(c["eff_rank"], 1, 1), _fmt(c["std_x_sqrt_d"])]
         lines.append("| " + " | ".join(vals) + " |")
     lines += ["", *spread_notes(cells, evals), ""]
     return "\n".join(lines)
