@@ -157,11 +157,7 @@ def plot_losses(comp: Comparison, rows: list[dict]) -> Path:
     ax.set_ylabel("loss (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = comp.out / "loss.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, comp.out / "loss.png")
 
 
 def plot_accuracy(comp: Comparison, cells: list[dict]) -> Path:
@@ -191,8 +187,11 @@ def plot_accuracy(comp: Comparison, cells: list[dict]) -> Path:
             ax.set_ylim(max(0.0, min(shown) - 5), min(100.0, max(shown) + 5))
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
+    return _save(fig, comp.out / "accuracy.png")
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    path = comp.out / "accuracy.png"
     fig.savefig(path)
     plt.close(fig)
     return path
