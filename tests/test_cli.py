@@ -106,6 +106,15 @@ def test_eval_knn_random_init(
     assert loaded == [tiny_run]
 
 
+def test_eval_knn_raw_pixels(tiny_run: Path, tmp_path: Path) -> None:
+    from nepa.eval.load import load_run_config
+    from nepa.eval.run import raw_pixel_knn
+
+    res = _eval(tiny_run, tmp_path / "raw.json", "--raw-pixels")
+    assert res["pool"] == "raw_pixels" and res["n_train"] == 256 and res["n_test"] == 128
+    assert res["top1"] == raw_pixel_knn(load_run_config(tiny_run))["top1"] > 0.5  # digits
+
+
 @pytest.mark.slow
 def test_eval_knn_sweep(tiny_run: Path, tmp_path: Path) -> None:
     res = _eval(tiny_run, tmp_path / "sweep.json", "--sweep")

@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="every layer x {mean, last, start, grid2, grid4} x {causal, bidirectional}",
     )
+    k.add_argument(
+        "--raw-pixels",
+        action="store_true",
+        help="kNN on the centred raw inputs of the same splits (the floor features should beat)",
+    )
     k.set_defaults(func=run_knn)
     lin = evsub.add_parser(
         "linear",
@@ -90,7 +95,7 @@ def _load(args: argparse.Namespace):
 
 
 def run_knn(args: argparse.Namespace) -> int:
-    from nepa.eval.run import knn_eval
+    from nepa.eval.run import knn_eval, raw_pixel_knn
 
     loaded = _load(args)
     if isinstance(loaded, int):
@@ -106,6 +111,8 @@ def run_knn(args: argparse.Namespace) -> int:
             pools=["mean", "last", "start", "grid2", "grid4"],
             attns=["causal", "bidirectional"],
         )
+    elif args.raw_pixels:
+        results = [{"protocol": "knn", **raw_pixel_knn(cfg)}]
     else:
         results = knn_eval(cfg, objective, device)
     for r in results:
