@@ -25,7 +25,7 @@ from nepa.eval.load import WEIGHTS, load_weights
 from nepa.train.build import build_objective
 from nepa.train.checkpoint import list_checkpoints
 from nepa.train.rundir import CONFIG, METRICS, read_metrics
-from nepa.train.trainer import RESUME_MAY_DIFFER, train
+from nepa.train.trainer import RESUME_MAY_DIFFER, flatten, train
 
 log = logging.getLogger(__name__)
 RUN_STATE = "compare.json"
@@ -97,6 +97,13 @@ def train_part(cfg: RunConfig) -> dict:
     return d
 
 
+def changed(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ. Keys only one side has are not counted: a field added
+    to the config schema later (with its default) must not invalidate finished runs."""
+    a, b = flatten(old), flatten(new)
+    return sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
+
+
 class Comparison:
     def __init__(self, plan: Plan, base: RunConfig, out: Path, *, progress: bool = False):
         self.plan, self.base, self.out, self.progress = plan, base, out, progress
@@ -137,18 +144,20 @@ class Comparison:
     def _state(self, rd: Path, cfg: RunConfig) -> dict:
         file = rd / RUN_STATE
         state = json.loads(file.read_text()) if file.is_file() else {}
-        if state and state["train_config"] != train_part(cfg):
+        if state and changed(state["train_config"], train_part(cfg)):
             raise ConfigError(
                 f"{rd} was trained with another config than this comparison now gives it "
-                "(was the recipe edited?); delete that run directory or use another --out"
+                f"(at {', '.join(changed(state['train_config'], train_part(cfg)))}: was the "
+                "recipe edited?); delete that run directory or use another --out"
             )
-        if state.get("eval_config") != cfg.eval.model_dump(mode="json"):
-            state["evals"] = {}  # the evaluation settings changed: evaluate again
+        evals = state.get("evals", {})
+        if changed(state.get("eval_config", {}), cfg.eval.model_dump(mode="json")):
+            evals = {}  # the evaluation settings changed: evaluate again
         return {
             "train_config": train_part(cfg),
             "eval_config": cfg.eval.model_dump(mode="json"),
             "train_seconds": state.get("train_seconds", 0.0),
-            "evals": state.get("evals", {}),
+            "evals": evals,
         }
 
     def _save(self, rd: Path, state: dict) -> None:

@@ -76,10 +76,11 @@ def train(
     return Trainer(cfg, Path(out), env, recipe).run(resume, progress)
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
     out = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 
@@ -121,8 +122,8 @@ class Trainer:
     def restore(self) -> None:
         path = latest_checkpoint(self.run_dir.ckpt_dir)
         state = load_checkpoint(path)
-        ours = _flat(json.loads(json.dumps(self.cfg.model_dump(mode="json"))))
-        theirs = _flat(state["config"])
+        ours = flatten(json.loads(json.dumps(self.cfg.model_dump(mode="json"))))
+        theirs = flatten(state["config"])
         diff = sorted(
             k
             for k in ours.keys() | theirs.keys()

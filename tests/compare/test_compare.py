@@ -158,3 +158,28 @@ def test_bad_vary_key_and_bad_value_fail_before_any_run(tmp_path, capsys) -> Non
     assert "cell scan=nope" in capsys.readouterr().err
     assert main(["compare", TINY_RECIPE, "--eval", "knn,bogus", "--out", str(out)]) == 2
     assert not (out / "runs").exists()
+
+
+def test_eval_changes_re_evaluate_but_new_schema_fields_do_not(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", TINY_RECIPE, "--set", "train.steps=2", "--out", str(out)]
+    assert main(args) == 0
+    state_file = out / "runs" / "base-s0" / "compare.json"
+    state = json.loads(state_file.read_text())
+    # As if written by a version whose config had no eval.finetune section and no predictor.rope.
+    del state["eval_config"]["finetune"]
+    del state["train_config"]["predictor"]["rope"]
+    state_file.write_text(json.dumps(state))
+    evaluated: list[str] = []
+    real = runner.Comparison._evaluate
+    monkeypatch.setattr(
+        runner.Comparison,
+        "_evaluate",
+        lambda self, cfg, rd, key: evaluated.append(key) or real(self, cfg, rd, key),
+    )
+    assert main(args) == 0 and evaluated == []
+    assert main([*args[:-2], "--set", "eval.k=5", "--out", str(out)]) == 2  # another --set
+    state = json.loads(state_file.read_text())
+    state["eval_config"]["k"] = 7  # a changed evaluation setting
+    state_file.write_text(json.dumps(state))
+    assert main(args) == 0 and evaluated == ["knn"]
