@@ -103,7 +103,7 @@ def markdown(comp: Comparison, cells: list[dict]) -> str:
     evals = plan.eval_keys()
     head = [*labels, "seeds", *(f"{e} top-1 %" for e in evals), "final loss", "eff. rank", "std·√D"]
     lines = [
-        f"# nepa compare: {plan.recipe}",
+        f"# nepa compare: {_shown(plan.recipe)}",
         "",
         f"Budget per run: {base.train.steps} steps of batch {base.train.batch_size} "
         f"({base.train.steps * base.train.batch_size:,} samples); seeds {list(plan.seeds)}; "
@@ -120,6 +120,14 @@ def markdown(comp: Comparison, cells: list[dict]) -> str:
         lines.append("| " + " | ".join(vals) + " |")
     lines += ["", *spread_notes(cells, evals), ""]
     return "\n".join(lines)
+
+
+def _shown(recipe: str) -> str:
+    """A recipe file under the working directory is shown relative to it."""
+    path, sep, func = recipe.rpartition(":")
+    if sep and Path(path).is_absolute() and Path(path).is_relative_to(Path.cwd()):
+        return f"{Path(path).relative_to(Path.cwd())}:{func}"
+    return recipe
 
 
 def spread_notes(cells: list[dict], evals: list[str]) -> list[str]:
