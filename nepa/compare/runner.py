@@ -39,11 +39,8 @@ def protocols() -> dict[str, Callable[..., dict]]:
     return {
         "knn": lambda *a, **kw: run.knn_eval(*a, **kw)[0],
         "linear": run.linear_eval,
-        **{
-            n: getattr(run, f"{n}_eval")
-            for n in ("attentive", "finetune")
-            if hasattr(run, f"{n}_eval")
-        },
+        "attentive": run.attentive_eval,
+        "finetune": run.finetune_eval,
     }
 
 
