@@ -141,18 +141,20 @@ class Comparison:
     def _state(self, rd: Path, cfg: RunConfig) -> dict:
         file = rd / RUN_STATE
         state = json.loads(file.read_text()) if file.is_file() else {}
-        if state and changed(state["train_config"], train_part(cfg)):
+        train_cfg, eval_cfg = train_part(cfg), cfg.eval.model_dump(mode="json")
+        diff = changed(state["train_config"], train_cfg) if state else []
+        if diff:
             raise ConfigError(
                 f"{rd} was trained with another config than this comparison now gives it "
-                f"(at {', '.join(changed(state['train_config'], train_part(cfg)))}: was the "
-                "recipe edited?); delete that run directory or use another --out"
+                f"(at {', '.join(diff)}: was the recipe edited?); delete that run directory or "
+                "use another --out"
             )
         evals = state.get("evals", {})
-        if changed(state.get("eval_config", {}), cfg.eval.model_dump(mode="json")):
+        if changed(state.get("eval_config", {}), eval_cfg):
             evals = {}  # the evaluation settings changed: evaluate again
         return {
-            "train_config": train_part(cfg),
-            "eval_config": cfg.eval.model_dump(mode="json"),
+            "train_config": train_cfg,
+            "eval_config": eval_cfg,
             "train_seconds": state.get("train_seconds", 0.0),
             "evals": evals,
         }
