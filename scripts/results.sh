@@ -23,8 +23,8 @@ if [[ $table == all || $table == ablations ]]; then
     --seeds 2 --eval knn,linear --random-init --out "$OUT/ablations"
 fi
 if [[ $table == all || $table == scans ]]; then
-  # Scan orders, 3 seeds each.
-  $NEPA compare recipes.cifar10:nepa_tiny \
+  # Scan orders, 3 seeds each; 400 steps so that the 18 runs fit in 2 hours on 2 cores.
+  $NEPA compare recipes.cifar10:nepa_tiny --set train.steps=400 \
     --vary encoder.scan=raster,snake,zigzag,hilbert,spiral,random \
     --seeds 3 --eval knn,linear --out "$OUT/scans"
 fi
