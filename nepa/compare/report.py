@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -131,14 +132,17 @@ def _shown(recipe: str) -> str:
 
 
 def spread_notes(cells: list[dict], evals: list[str]) -> list[str]:
-    """Whether the differences between cells exceed the seed-to-seed spread, per evaluation."""
+    """Whether the differences between cells exceed the seed-to-seed spread, per evaluation:
+    the span of all cell means against the mean seed std, then each cell against the first
+    (the unchanged recipe of ``--ablate``, the first value of ``--vary``): beyond when the
+    difference of means exceeds twice the pooled seed std of the two cells."""
     notes = []
     for e in evals:
-        stats = [c[f"{e}_top1"] for c in cells if c[f"{e}_top1"]["mean"] is not None]
+        stats = [(c["cell"], c[f"{e}_top1"]) for c in cells if c[f"{e}_top1"]["mean"] is not None]
         if len(stats) < 2:
             continue
-        means = [s["mean"] * 100 for s in stats]
-        stds = [s["std"] * 100 for s in stats if s["n"] > 1]
+        means = [s["mean"] * 100 for _, s in stats]
+        stds = [s["std"] * 100 for _, s in stats if s["n"] > 1]
         gap = max(means) - min(means)
         if stds:
             spread = statistics.fmean(stds)
@@ -149,7 +153,21 @@ def spread_notes(cells: list[dict], evals: list[str]) -> list[str]:
             )
         else:
             notes.append(f"- {e}: cell means span {gap:.2f} points (one seed: no spread measured).")
+        ref_name, ref = stats[0]
+        notes.append(
+            f"  - against {ref_name}: " + "; ".join(_against(ref, s, n) for n, s in stats[1:])
+        )
     return notes
+
+
+def _against(ref: dict, stat: dict, name: str) -> str:
+    diff = (stat["mean"] - ref["mean"]) * 100
+    if stat["n"] < 2 or ref["n"] < 2:
+        return f"{name} {diff:+.2f} (no spread)"
+    pooled = math.sqrt((stat["std"] ** 2 + ref["std"] ** 2) / 2) * 100
+    return (
+        f"{name} {diff:+.2f} ({'beyond' if abs(diff) > 2 * pooled else 'within'} 2 x {pooled:.2f})"
+    )
 
 
 def plot_losses(comp: Comparison, rows: list[dict]) -> Path:

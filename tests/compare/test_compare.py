@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from torchvision.io import decode_png
 import nepa.compare.runner as runner
 from nepa.cli import main
 from nepa.compare.grid import Vary, cells, check_key, parse_ablation, parse_vary, split_values
+from nepa.compare.report import spread_notes
 from nepa.config import ConfigError
 
 GRID = [
@@ -183,3 +185,25 @@ def test_eval_changes_re_evaluate_but_new_schema_fields_do_not(tmp_path, monkeyp
     state["eval_config"]["k"] = 7  # a changed evaluation setting
     state_file.write_text(json.dumps(state))
     assert main(args) == 0 and evaluated == ["knn"]
+
+
+def _cell(name: str, *top1: float) -> dict:
+    std = statistics.stdev(top1) if len(top1) > 1 else 0.0
+    return {"cell": name, "knn_top1": {"mean": statistics.fmean(top1), "std": std, "n": len(top1)}}
+
+
+def test_spread_notes_compare_each_cell_with_the_first():
+    cells = [
+        _cell("base", 0.30, 0.32),  # std 1.41 points
+        _cell("far", 0.40, 0.41),  # +9.50: beyond twice the pooled std, sqrt((2 + 0.5) / 2)
+        _cell("near", 0.31, 0.33),  # +1.00: within
+        _cell("once", 0.50),  # one seed: no verdict
+    ]
+    notes = spread_notes(cells, ["knn"])
+    assert notes[0].startswith("- knn: cell means span 19.00 points")
+    assert "exceeds twice" in notes[0]
+    against = notes[1]
+    assert against.startswith("  - against base: ")
+    assert "far +9.50 (beyond 2 x 1.12)" in against
+    assert "near +1.00 (within 2 x 1.41)" in against
+    assert "once +19.00 (no spread)" in against
