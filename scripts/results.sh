@@ -11,7 +11,7 @@ table="${1:-all}"
 if [[ $table == all || $table == cifar10 ]]; then
   # ViT-Tiny-class NEPA on CIFAR-10, about 30 minutes of training on 2 CPU cores.
   $NEPA compare recipes.cifar10:tiny --set train.steps=900 \
-    --eval knn,linear --random-init --out "$OUT/cifar10-tiny"
+    --eval knn,linear,attentive --random-init --out "$OUT/cifar10-tiny"
 fi
 if [[ $table == all || $table == ablations ]]; then
   # The paper's ablations, each one change from nepa_tiny, 2 seeds.
