@@ -57,14 +57,18 @@ def aggregate(comp: Comparison, rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if r["cell"] == cell.name]
         entry = {"cell": cell.name, **cell.as_dict(), "runs": len(mine)}
         for col in metric_columns(comp):
-            vals = [r[col] for r in mine if r.get(col) is not None]
-            entry[col] = {
-                "mean": statistics.fmean(vals) if vals else None,
-                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None,
-                "n": len(vals),
-            }
+            entry[col] = seed_stats([r[col] for r in mine if r.get(col) is not None])
         cells.append(entry)
     return cells
+
+
+def seed_stats(vals: list[float]) -> dict:
+    """Mean, sample std (0 for one value) and count; mean and std are None without values."""
+    return {
+        "mean": statistics.fmean(vals) if vals else None,
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None,
+        "n": len(vals),
+    }
 
 
 def write_report(comp: Comparison) -> list[Path]:

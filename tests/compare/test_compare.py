@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from torchvision.io import decode_png
 import nepa.compare.runner as runner
 from nepa.cli import main
 from nepa.compare.grid import Vary, cells, check_key, parse_ablation, parse_vary, split_values
-from nepa.compare.report import spread_notes
+from nepa.compare.report import seed_stats, spread_notes
 from nepa.config import ConfigError
 
 GRID = [
@@ -188,8 +187,7 @@ def test_eval_changes_re_evaluate_but_new_schema_fields_do_not(tmp_path, monkeyp
 
 
 def _cell(name: str, *top1: float) -> dict:
-    std = statistics.stdev(top1) if len(top1) > 1 else 0.0
-    return {"cell": name, "knn_top1": {"mean": statistics.fmean(top1), "std": std, "n": len(top1)}}
+    return {"cell": name, "knn_top1": seed_stats(list(top1))}
 
 
 def test_spread_notes_compare_each_cell_with_the_first():
