@@ -15,13 +15,13 @@ class Tokens:
     coords: (T, A) long, the integer grid coordinates of each token (A grid axes), in the same
             order as ``emb``; the predictor normalises them by ``grid`` for RoPE.
     grid:   the grid shape (A ints): coords[:, a] lies in [0, grid[a]).
-    mask:   optional (B, T) bool, True where a token is real (False = padding).
+    keep:   optional (B, T) bool, True where a token is real (False = padding).
     """
 
     emb: torch.Tensor
     coords: torch.Tensor
     grid: tuple[int, ...]
-    mask: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         B, T, _ = self.emb.shape
@@ -29,8 +29,8 @@ class Tokens:
             raise ValueError(
                 f"coords must be (T={T}, A={len(self.grid)}), got {tuple(self.coords.shape)}"
             )
-        if self.mask is not None and self.mask.shape != (B, T):
-            raise ValueError(f"mask must be (B={B}, T={T}), got {tuple(self.mask.shape)}")
+        if self.keep is not None and self.keep.shape != (B, T):
+            raise ValueError(f"keep must be (B={B}, T={T}), got {tuple(self.keep.shape)}")
 
     @property
     def n_axes(self) -> int:

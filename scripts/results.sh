@@ -16,7 +16,7 @@ fi
 if [[ $table == all || $table == ablations ]]; then
   # The paper's ablations, each one change from nepa_tiny, 2 seeds.
   $NEPA compare recipes.cifar10:nepa_tiny \
-    --ablate predictor.mask+eval.attn=bidirectional \
+    --ablate predictor.attn+eval.attn=bidirectional \
     --ablate objective.shift=false \
     --ablate objective.stop_grad=false \
     --ablate predictor.rope=false \

@@ -62,7 +62,7 @@ def test_train_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--resume needs --out" in capsys.readouterr().err
     assert main(["train", "no_such_module_xyz:tiny"]) == 2
     assert "cannot import recipe module 'no_such_module_xyz'" in capsys.readouterr().err
-    assert main(["train", TINY_RECIPE, "--set", "predictor.mask=foo"]) == 2
+    assert main(["train", TINY_RECIPE, "--set", "predictor.attn=foo"]) == 2
     assert "'causal', 'bidirectional' or 'prefix'" in capsys.readouterr().err
 
 

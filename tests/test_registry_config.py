@@ -249,9 +249,9 @@ def test_unknown_override_key_names_it_and_lists_valid_keys() -> None:
 
 def test_bad_literal_lists_valid_values() -> None:
     with pytest.raises(ConfigError) as e:
-        apply_overrides(tiny(), ["predictor.mask=foo"])
+        apply_overrides(tiny(), ["predictor.attn=foo"])
     msg = str(e.value)
-    assert "predictor.mask" in msg
+    assert "predictor.attn" in msg
     assert "'causal', 'bidirectional' or 'prefix'" in msg
 
 
@@ -298,7 +298,7 @@ def test_cross_field_errors_say_how_to_fix() -> None:
     with pytest.raises(ConfigError, match="batch_size=16 must be divisible by train.accum=3"):
         apply_overrides(tiny(), ["train.accum=3"])
     with pytest.raises(ConfigError, match="prefix_len > 0"):
-        apply_overrides(tiny(), ["predictor.mask=prefix"])
+        apply_overrides(tiny(), ["predictor.attn=prefix"])
     with pytest.raises(ConfigError, match="prefix_len is only used with mask='prefix'"):
         apply_overrides(tiny(), ["predictor.prefix_len=2"])
     with pytest.raises(ConfigError, match="must be even"):

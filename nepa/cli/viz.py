@@ -95,10 +95,10 @@ def run_attention(args: argparse.Namespace) -> int:
         from nepa.viz.figures import attention_figure
 
         maps = attention_maps(
-            model, image.x_CHW, cells=cells, layer=layer, mask_mode=args.attn, head=args.head
+            model, image.x_CHW, cells=cells, layer=layer, attn=args.attn, head=args.head
         )
         heads = "mean of heads" if args.head is None else f"head {args.head}"
-        title = f"{stem}\nlayer {layer}/{model.depth}, {maps.mask_mode} attention, {heads}"
+        title = f"{stem}\nlayer {layer}/{model.depth}, {maps.attn} attention, {heads}"
         return attention_figure(image, maps, title)
 
     return _run(args, draw)
@@ -109,8 +109,8 @@ def run_similarity(args: argparse.Namespace) -> int:
         from nepa.viz import similarity_maps
         from nepa.viz.figures import similarity_figure
 
-        maps = similarity_maps(model, image.x_CHW, cells=cells, layer=layer, mask_mode=args.attn)
-        title = f"{stem}\nlayer {layer}/{model.depth}, {maps.mask_mode} attention"
+        maps = similarity_maps(model, image.x_CHW, cells=cells, layer=layer, attn=args.attn)
+        title = f"{stem}\nlayer {layer}/{model.depth}, {maps.attn} attention"
         return similarity_figure(image, maps, title)
 
     return _run(args, draw)

@@ -1,6 +1,6 @@
 """The plan of a comparison: cells (one value per varied key) times seeds.
 
-``--vary encoder.scan=raster,hilbert`` varies one key; ``--vary predictor.mask+eval.attn=causal,
+``--vary encoder.scan=raster,hilbert`` varies one key; ``--vary predictor.attn+eval.attn=causal,
 bidirectional`` varies keys joined by ``+`` together (each value goes to every key).
 """
 
@@ -37,7 +37,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """A readable, filesystem-safe directory name, e.g. ``scan=hilbert_mask=causal``."""
+        """A readable, filesystem-safe directory name, e.g. ``scan=hilbert_attn=causal``."""
         parts = []
         for label, v in self.choices:
             if label == CHANGE:

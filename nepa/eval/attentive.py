@@ -76,10 +76,10 @@ def extract_tokens(
     tokens, keeps = [], []
     for x, _ in DataLoader(dataset, batch_size=batch_size):
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            hs, tok, *_ = objective.features(x.to(device), layers=[layer], mask_mode=attn)
+            hs, tok, *_ = objective.features(x.to(device), layers=[layer], attn=attn)
         tokens.append(hs[0].to(torch.float16).cpu())
-        if tok.mask is not None:
-            keeps.append(tok.mask.cpu())
+        if tok.keep is not None:
+            keeps.append(tok.keep.cpu())
     return torch.cat(tokens), (torch.cat(keeps) if keeps else None)
 
 

@@ -54,7 +54,7 @@ def extract(
     out: dict[tuple[int, str], list[torch.Tensor]] = {(l, p): [] for l in layers for p in pools}
     for x, _ in DataLoader(dataset, batch_size=batch_size):
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            hs, tok, *rest = objective.features(x.to(device), layers=layers, mask_mode=attn)
+            hs, tok, *rest = objective.features(x.to(device), layers=layers, attn=attn)
         starts = rest[0] if rest else None  # (B, D) per layer, for objectives with a start token
         if "start" in pools and starts is None:
             raise ValueError(f"{type(objective).__name__} has no start token to pool")

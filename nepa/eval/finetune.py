@@ -85,7 +85,7 @@ class Classifier(nn.Module):
     def tokens(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T+1, D) final-normed outputs (start token first) and the (B, T) keep mask."""
         tok = self.encoder(x)
-        return self.predictor(tok.emb, tok.coords, tok.grid, tok.mask), tok.mask
+        return self.predictor(tok.emb, tok.coords, tok.grid, tok.keep), tok.keep
 
     def forward(self, x) -> torch.Tensor:
         h, keep = self.tokens(x)

@@ -219,7 +219,7 @@ def finetune_classifier(cfg: RunConfig, objective: Objective, num_classes: int) 
     attention and ``eval.finetune.drop_path``, under a fresh pooled head."""
     sets = [
         f"predictor.drop_path={cfg.eval.finetune.drop_path}",
-        "predictor.mask=bidirectional",
+        "predictor.attn=bidirectional",
         "predictor.prefix_len=0",
     ]
     rebuilt = build_objective(apply_overrides(cfg, sets))

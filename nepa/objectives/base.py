@@ -22,7 +22,7 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def features(
-        self, x: Any, *, layers: list[int], mask_mode: str | None = None
+        self, x: Any, *, layers: list[int], attn: str | None = None
     ):  # pragma: no cover
         """Frozen features for evaluation: a list (one per layer) of (B, T, D) token outputs,
         the ``Tokens`` (coords / grid of those tokens) and, optionally, a list (one per layer)

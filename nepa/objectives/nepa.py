@@ -26,7 +26,7 @@ class NepaConfig(ObjectiveConfig):
 
     shift=False (predict z_i from the output at z_i itself) is expected to FAIL: the target is
     visible, so the task is trivial. stop_grad=False is expected to COLLAPSE. The third ablation,
-    bidirectional attention, is ``predictor.mask=bidirectional`` (expected to degrade).
+    bidirectional attention, is ``predictor.attn=bidirectional`` (expected to degrade).
     """
 
     kind: Literal["nepa"] = "nepa"
@@ -68,9 +68,9 @@ class Nepa(Objective):
 
     def forward(self, x) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         tok = self.encoder(x)
-        h = self.predictor(tok.emb, tok.coords, tok.grid, tok.mask)
+        h = self.predictor(tok.emb, tok.coords, tok.grid, tok.keep)
         p, t = prediction_target(h, tok.emb, self.cfg.shift, self.cfg.stop_grad)
-        loss = nepa_loss(p, t, tok.mask)
+        loss = nepa_loss(p, t, tok.keep)
         self._last_p = p.detach()
         return loss, {"loss": loss.detach(), "tokens": float(p.shape[0] * p.shape[1])}
 
@@ -85,10 +85,10 @@ class Nepa(Objective):
         return stats
 
     @torch.no_grad()
-    def features(self, x, *, layers: list[int], mask_mode: str | None = None):
+    def features(self, x, *, layers: list[int], attn: str | None = None):
         tok = self.encoder(x)
         outs = self.predictor(
-            tok.emb, tok.coords, tok.grid, tok.mask, mask_mode=mask_mode, return_layers=layers
+            tok.emb, tok.coords, tok.grid, tok.keep, attn=attn, return_layers=layers
         )
         # (B, T, D) patch-token outputs per layer, the tokens, and the start token's (B, D)
         return [o[:, 1:] for o in outs], tok, [o[:, 0] for o in outs]

@@ -27,7 +27,7 @@ class PredictorConfig(Config):
     rope_theta: float = 100.0
     rope_rescale: tuple[float, float] | None = None
     drop_path: float = 0.0
-    mask: Literal["causal", "bidirectional", "prefix"] = "causal"
+    attn: Literal["causal", "bidirectional", "prefix"] = "causal"
     prefix_len: int = 0
     attn_backend: Literal["auto", "xformers", "sdpa"] = "auto"
     qkv_bias: bool = True
@@ -40,10 +40,10 @@ class PredictorConfig(Config):
             raise ValueError(f"head dim {self.dim // self.heads} must be even (dim / heads)")
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError("drop_path must be in [0, 1)")
-        if self.mask == "prefix" and self.prefix_len <= 0:
-            raise ValueError("mask='prefix' needs prefix_len > 0 (tokens after the start token)")
-        if self.mask != "prefix" and self.prefix_len:
-            raise ValueError("prefix_len is only used with mask='prefix'; set it to 0")
+        if self.attn == "prefix" and self.prefix_len <= 0:
+            raise ValueError("attn='prefix' needs prefix_len > 0 (tokens after the start token)")
+        if self.attn != "prefix" and self.prefix_len:
+            raise ValueError("prefix_len is only used with attn='prefix'; set it to 0")
         if self.rope_rescale is not None and not 0 < self.rope_rescale[0] <= self.rope_rescale[1]:
             raise ValueError("rope_rescale must be (lo, hi) with 0 < lo <= hi, or null")
         return self

@@ -192,7 +192,7 @@ class Predictor(nn.Module):
     def mask_spec(self, keep_BT: torch.Tensor | None, mode: str | None = None) -> MaskSpec:
         if keep_BT is not None:  # the start token is always real
             keep_BT = F.pad(keep_BT, (1, 0), value=True)
-        return MaskSpec(mode or self.cfg.mask, 1 + self.cfg.prefix_len, keep_BT)
+        return MaskSpec(mode or self.cfg.attn, 1 + self.cfg.prefix_len, keep_BT)
 
     def rope_tables(self, coords_TA: torch.Tensor, grid: tuple[int, ...]):
         if self.rope is None:
@@ -209,14 +209,14 @@ class Predictor(nn.Module):
         coords_TA: torch.Tensor,
         grid: tuple[int, ...],
         keep_BT: torch.Tensor | None = None,
-        mask_mode: str | None = None,
+        attn: str | None = None,
         return_layers: list[int] | None = None,
     ):
         """Returns (B, T+1, D) final-normed outputs, or with ``return_layers`` a list of the
         final-normed outputs after each requested block (1-based; ``depth`` = the last)."""
         x = self._with_start(emb_BTD)
         rope = self.rope_tables(coords_TA, grid)
-        mask = self.mask_spec(keep_BT, mask_mode)
+        mask = self.mask_spec(keep_BT, attn)
         wanted = set(return_layers or [])
         outs = {}
         for i, blk in enumerate(self.blocks, start=1):
@@ -235,7 +235,7 @@ class Predictor(nn.Module):
         keep_BT: torch.Tensor | None = None,
         *,
         layer: int,
-        mask_mode: str | None = None,
+        attn: str | None = None,
     ) -> torch.Tensor:
         """Attention probabilities of block ``layer`` (1-based), per head: (B, H, T+1, T+1).
 
@@ -249,7 +249,7 @@ class Predictor(nn.Module):
             )
         x = self._with_start(emb_BTD)
         rope = self.rope_tables(coords_TA, grid)
-        mask = self.mask_spec(keep_BT, mask_mode)
+        mask = self.mask_spec(keep_BT, attn)
         for blk in self.blocks[: layer - 1]:
             x = blk(x, rope, mask)
         blk = self.blocks[layer - 1]

@@ -25,7 +25,7 @@ class AttentionMaps:
     maps_QHW: torch.Tensor
     start_Q: torch.Tensor
     layer: int
-    mask_mode: str
+    attn: str
     head: int | None
 
 
@@ -36,26 +36,26 @@ def attention_maps(
     *,
     cells: list[Cell],
     layer: int,
-    mask_mode: str | None = None,
+    attn: str | None = None,
     head: int | None = None,
 ) -> AttentionMaps:
     """Attention of ``cells`` (grid (row, col)) at block ``layer`` (1-based) for one image.
 
-    ``mask_mode`` None uses the run's own mask; ``head`` None averages the heads.
+    ``attn`` None uses the run's own mask; ``head`` None averages the heads.
     """
-    mode = mask_mode or model.cfg.predictor.mask
+    mode = attn or model.cfg.predictor.attn
     n_heads = model.cfg.predictor.heads
     if head is not None and not 0 <= head < n_heads:
         raise VizError(f"head {head} is out of range: this run has heads 0..{n_heads - 1}")
     tok = model.encoder(x_CHW[None])
     attn_HSS = model.predictor.attention_maps(
-        tok.emb, tok.coords, tok.grid, tok.mask, layer=layer, mask_mode=mode
+        tok.emb, tok.coords, tok.grid, tok.keep, layer=layer, attn=mode
     )[0]  # (heads, T+1, T+1), index 0 = start token
     attn_SS = attn_HSS.mean(0) if head is None else attn_HSS[head]
     steps = [token_index(tok.coords, c) for c in cells]
     rows = torch.tensor(steps) + 1  # query rows, past the start token
     S = attn_SS.shape[0]
-    allowed = model.predictor.mask_spec(tok.mask, mode).dense(S, attn_SS.device)
+    allowed = model.predictor.mask_spec(tok.keep, mode).dense(S, attn_SS.device)
     visible_QT = torch.ones(len(rows), S - 1, dtype=torch.bool)
     if allowed is not None:
         visible_QT = allowed[0, 0][rows, 1:]
@@ -66,6 +66,6 @@ def attention_maps(
         maps_QHW=to_grid(keys_QT, tok.coords, tok.grid),
         start_Q=attn_SS[rows, 0],
         layer=layer,
-        mask_mode=mode,
+        attn=mode,
         head=head,
     )

@@ -20,7 +20,7 @@ class SimilarityMaps:
     z_QHW: torch.Tensor
     h_QHW: torch.Tensor
     layer: int
-    mask_mode: str
+    attn: str
 
 
 def cosine_to(emb_TD: torch.Tensor, steps: list[int]) -> torch.Tensor:
@@ -36,16 +36,16 @@ def similarity_maps(
     *,
     cells: list[Cell],
     layer: int,
-    mask_mode: str | None = None,
+    attn: str | None = None,
 ) -> SimilarityMaps:
     """Similarity maps of ``cells`` for one image at block ``layer`` (1-based)."""
-    mode = mask_mode or model.cfg.predictor.mask
-    hs, tok, *_ = model.objective.features(x_CHW[None], layers=[layer], mask_mode=mode)
+    mode = attn or model.cfg.predictor.attn
+    hs, tok, *_ = model.objective.features(x_CHW[None], layers=[layer], attn=mode)
     steps = [token_index(tok.coords, c) for c in cells]
     return SimilarityMaps(
         cells=list(cells),
         z_QHW=to_grid(cosine_to(tok.emb[0], steps), tok.coords, tok.grid),
         h_QHW=to_grid(cosine_to(hs[0][0], steps), tok.coords, tok.grid),
         layer=layer,
-        mask_mode=mode,
+        attn=mode,
     )

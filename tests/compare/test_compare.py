@@ -21,7 +21,7 @@ GRID = [
     "--vary",
     "encoder.scan=raster,hilbert",
     "--vary",
-    "predictor.mask+eval.attn=causal,bidirectional",
+    "predictor.attn+eval.attn=causal,bidirectional",
     "--seeds",
     "2",
     "--eval",
@@ -52,14 +52,14 @@ def test_cells_are_the_product_and_linked_keys_move_together() -> None:
     cfg = tiny()
     grid = cells([parse_vary(GRID[1], cfg), parse_vary(GRID[3], cfg)])
     assert [c.name for c in grid] == [
-        "scan=raster_mask=causal",
-        "scan=raster_mask=bidirectional",
-        "scan=hilbert_mask=causal",
-        "scan=hilbert_mask=bidirectional",
+        "scan=raster_attn=causal",
+        "scan=raster_attn=bidirectional",
+        "scan=hilbert_attn=causal",
+        "scan=hilbert_attn=bidirectional",
     ]
     assert grid[1].overrides() == [
         "encoder.scan=raster",
-        "predictor.mask=bidirectional",
+        "predictor.attn=bidirectional",
         "eval.attn=bidirectional",
     ]
 

@@ -173,11 +173,11 @@ def test_features_split_off_the_start_token_and_match_layers() -> None:
     with torch.no_grad():
         t2 = obj.encoder(x)
         h = obj.predictor(t2.emb, t2.coords, t2.grid)
-        h_bi = obj.predictor(t2.emb, t2.coords, t2.grid, mask_mode="bidirectional")
+        h_bi = obj.predictor(t2.emb, t2.coords, t2.grid, attn="bidirectional")
     torch.testing.assert_close(feats[1], h[:, 1:])
     torch.testing.assert_close(starts[1], h[:, 0])  # (B, D): the start token's output
     torch.testing.assert_close(tok.coords, t2.coords)
-    bi, _, _ = obj.features(x, layers=[2], mask_mode="bidirectional")
+    bi, _, _ = obj.features(x, layers=[2], attn="bidirectional")
     torch.testing.assert_close(bi[0], h_bi[:, 1:])
 
 

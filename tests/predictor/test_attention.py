@@ -170,13 +170,13 @@ def test_padding_tokens_are_invisible(backend: str, mask: str) -> None:
     assert _changed(a, b)[6]
 
 
-def test_mask_mode_override_at_call_time() -> None:
-    """Evaluation may run a causal-trained predictor bidirectionally (mask_mode argument)."""
+def test_attn_override_at_call_time() -> None:
+    """Evaluation may run a causal-trained predictor bidirectionally (attn argument)."""
     torch.manual_seed(0)
     pred = Predictor(PredictorConfig(dim=32, depth=1, heads=2, layerscale=None), n_axes=1).eval()
     emb, coords = torch.randn(1, 5, 32), torch.arange(5)[:, None]
     causal = pred(emb, coords, (5,))
-    bidir = pred(emb, coords, (5,), mask_mode="bidirectional")
+    bidir = pred(emb, coords, (5,), attn="bidirectional")
     torch.testing.assert_close(causal[:, -1], bidir[:, -1])  # the last position sees all anyway
     assert not torch.allclose(causal[:, 0], bidir[:, 0])
 

@@ -200,7 +200,7 @@ class UserNepaMse(Nepa):
 
     def forward(self, x):
         tok = self.encoder(x)
-        h = self.predictor(tok.emb, tok.coords, tok.grid, tok.mask)
+        h = self.predictor(tok.emb, tok.coords, tok.grid, tok.keep)
         p, t = prediction_target(h, tok.emb, self.cfg.shift, self.cfg.stop_grad)
         diff = nn.functional.normalize(p.float(), dim=-1) - nn.functional.normalize(
             t.float(), dim=-1

@@ -40,7 +40,7 @@ def _raster_coords() -> torch.Tensor:
 def test_weights_times_v_reproduce_the_block(mode: str, padded: bool, layer: int) -> None:
     pred = _predictor()
     if mode == "prefix":
-        pred.cfg = pred.cfg.model_copy(update={"mask": "prefix", "prefix_len": 3})
+        pred.cfg = pred.cfg.model_copy(update={"attn": "prefix", "prefix_len": 3})
     B, T, D = 2, 16, 32
     emb = torch.randn(B, T, D)
     coords = _raster_coords()[torch.randperm(T)]  # any order: coordinates travel with tokens
@@ -48,7 +48,7 @@ def test_weights_times_v_reproduce_the_block(mode: str, padded: bool, layer: int
     keep[1, -5:] = False
     keep = keep if padded else None
     with torch.no_grad():
-        attn = pred.attention_maps(emb, coords, GRID, keep, layer=layer, mask_mode=mode)
+        attn = pred.attention_maps(emb, coords, GRID, keep, layer=layer, attn=mode)
         # The block's own path: its input, then its SDPA attention output.
         rope, mask = pred.rope_tables(coords, GRID), pred.mask_spec(keep, mode)
         x = torch.cat([pred.start_token.expand(B, -1, -1), emb], dim=1)
@@ -101,12 +101,12 @@ def test_attention_maps_on_the_grid_for_any_scan(tiny_cfg) -> None:
     cells = [(r, c) for r in range(4) for c in range(4)]
     # Bidirectional attention between cells does not depend on the reading order: the same
     # map on the grid, whatever order the tokens came in.
-    a = attention_maps(raster, x, cells=cells, layer=2, mask_mode="bidirectional")
-    b = attention_maps(hilbert, x, cells=cells, layer=2, mask_mode="bidirectional")
+    a = attention_maps(raster, x, cells=cells, layer=2, attn="bidirectional")
+    b = attention_maps(hilbert, x, cells=cells, layer=2, attn="bidirectional")
     torch.testing.assert_close(a.maps_QHW, b.maps_QHW, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(a.start_Q, b.start_Q, atol=1e-6, rtol=1e-5)
     # Causal under hilbert: a query sees exactly the cells read before it (and itself).
-    c = attention_maps(hilbert, x, cells=cells, layer=2, mask_mode="causal", head=1)
+    c = attention_maps(hilbert, x, cells=cells, layer=2, attn="causal", head=1)
     step_HW = torch.from_numpy(inverse(scan_order("hilbert", GRID))).reshape(GRID)
     for (r, col), step, m, start in zip(cells, c.steps, c.maps_QHW, c.start_Q, strict=True):
         assert step == step_HW[r, col]
