@@ -14,76 +14,34 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError, model_validator
 
 from nepa.data.base import DATASETS, DataConfig
 from nepa.encoders.base import ENCODERS, EncoderConfig
-from nepa.eval.attentive import AttentiveConfig
-from nepa.eval.finetune import FinetuneConfig
+from nepa.eval.config import EvalConfig
 from nepa.objectives.base import OBJECTIVES, ObjectiveConfig
 from nepa.predictor.config import PredictorConfig
 from nepa.schema import Config, describe_error, registered
+from nepa.train.config import TrainConfig
+from nepa.train.optim import OptimConfig
+
+# Each component's config lives beside its code; these names are re-exported for recipes.
+__all__ = [
+    "ConfigError",
+    "EvalConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_recipe",
+    "validate",
+]
 
 
 class ConfigError(ValueError):
     """A config that cannot be built; the message names the key and what is valid."""
-
-
-class OptimConfig(Config):
-    """AdamW with a cosine schedule. ``lr`` is the peak rate (the reference scales 3e-4 by
-    batch/256); norms, biases and the start token get no weight decay."""
-
-    lr: float = Field(1.5e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    warmup: float = Field(
-        0.025, ge=0, description="warm-up length: a fraction of steps (<1) or a step count (>=1)"
-    )
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    clip_grad: float | None = Field(1.0, description="max global grad norm; null disables")
-
-
-class TrainConfig(Config):
-    steps: int = Field(1000, gt=0, description="optimizer steps")
-    batch_size: int = Field(128, gt=0, description="global batch per optimizer step")
-    accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPUs (most lack fast bf16 matmul)"
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(0, ge=0)
-    log_every: int = Field(10, gt=0)
-    ckpt_every: int = Field(500, gt=0)
-    keep_ckpts: int = Field(2, gt=0)
-    deterministic: bool = False
-
-
-class EvalConfig(Config):
-    """Evaluation of frozen features: kNN (DINO protocol: cosine, temperature-weighted votes),
-    the linear probe (standardised features, L2 chosen on a validation split of train) and the
-    attentive probe (``attentive``: learned queries over the tokens of ``layer`` under
-    ``attn``); and full fine-tuning (``finetune``: bidirectional, layer-wise lr decay).
-
-    Defaults (README, "Evaluate"): causal attention, the penultimate block, grid2 pooling. In
-    sweeps they beat bidirectional attention, the last block and mean pooling.
-    """
-
-    k: int = Field(20, gt=0)
-    temperature: float = Field(0.07, gt=0)
-    layer: int = Field(-2, description="block index (1-based); negative counts from the last")
-    pool: Literal["mean", "last", "start", "grid2", "grid4"] = "grid2"
-    attn: Literal["causal", "bidirectional"] = "causal"
-    max_train: int | None = None
-    max_test: int | None = None
-    batch_size: int = 256
-    # Linear probe: L2 strengths tried, chosen on this fraction of train held out (never test).
-    linear_l2: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    attentive: AttentiveConfig = AttentiveConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
 
 
 class RunConfig(Config):
@@ -99,7 +57,12 @@ class RunConfig(Config):
 
     @model_validator(mode="after")
     def _compatible(self) -> RunConfig:
-        self.encoder.check_input(self.data.sample_shape)
+        try:
+            self.encoder.check_fields(self.data.fields)
+        except ValueError as e:
+            raise ValueError(
+                f"encoder {self.encoder.kind!r} cannot read data {self.data.kind!r}: {e}"
+            ) from None
         if self.train.batch_size % self.train.accum:
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} must be divisible by train.accum={self.train.accum}"

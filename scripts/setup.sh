@@ -35,8 +35,12 @@ if [ -L .venv ] || [ "$(cat .venv/.nepa-shared 2>/dev/null)" != "$shared" ]; the
     echo "import site; site.addsitedir('$shared_site')" > "$site/_nepa_shared_stack.pth"
     echo "$shared" > .venv/.nepa-shared
 fi
+# editable_mode=compat puts this clone's root on sys.path through a .pth file. The default
+# (a meta-path finder) loses to the clone's own folder: Python started in the folder holding a
+# clone named nepa/ (git clone's default) would import that folder as an empty namespace package.
 log=$(mktemp)
-if ! "$shared/bin/python" -m pip --python .venv/bin/python install -q --no-deps --no-build-isolation -e . >"$log" 2>&1; then
+if ! "$shared/bin/python" -m pip --python .venv/bin/python install -q --no-deps --no-build-isolation \
+    --config-settings editable_mode=compat -e . >"$log" 2>&1; then
     cat "$log" >&2
     exit 1
 fi

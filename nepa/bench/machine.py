@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from nepa.train.build import resolve_precision
+from nepa.train.build import native_cpu_bf16
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SQUARE = {"cpu": 2048, "cuda": 8192}  # square matmul size per device type
@@ -38,11 +38,6 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def native_cpu_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (auto precision then picks bf16 on CPU)."""
-    return resolve_precision("auto", torch.device("cpu"))[0]
 
 
 def machine_info(device: torch.device) -> dict:

@@ -29,6 +29,7 @@ from nepa.bench.models import (
     step_flops,
 )
 from nepa.config import OptimConfig
+from nepa.device import pick_device
 from nepa.objectives.nepa import nepa_loss, prediction_target
 from nepa.predictor import PredictorConfig
 from nepa.predictor.attention import xformers_available
@@ -198,21 +199,7 @@ def check_config(cfg: StepBenchConfig) -> torch.device:
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
     PredictorConfig(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads)  # dim/heads checks
-    axes = len(cfg.shape.grid)
-    if (cfg.dim // cfg.heads) % (2 * axes):
-        raise ValueError(
-            f"RoPE over the {axes}-axis token grid needs a head dim divisible by {2 * axes}, "
-            f"got {cfg.dim // cfg.heads}: change --dim or --heads"
-        )
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {cfg.device!r}; valid: auto, cpu, cuda")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but CUDA is not available")
-    return torch.device(
-        "cuda"
-        if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
+    return pick_device(cfg.device)
 
 
 def run_step_bench(cfg: StepBenchConfig) -> dict:

@@ -36,12 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from nepa.config import ConfigError, load_recipe
+    from nepa.device import pick_device
     from nepa.eval.load import load_run
     from nepa.eval.plots import plot_loss
-    from nepa.eval.run import eval_splits, knn_eval, raw_pixel_knn
+    from nepa.eval.run import eval_splits, evaluate, raw_input_knn
     from nepa.train.trainer import train
 
     try:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"nepa demo: {e}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    device = torch.device("cpu")
+    device = pick_device("cpu")
     t0 = time.perf_counter()
     train(cfg, out, recipe=recipe, progress=not args.no_progress)
     train_s = time.perf_counter() - t0
@@ -60,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
     _, trained = load_run(out)
     _, random_init = load_run(out, random_init=True)
     splits = eval_splits(cfg)  # one bank and one query set for all three
-    res_trained = knn_eval(cfg, trained, device, splits=splits)[0]
-    res_random = knn_eval(cfg, random_init, device, splits=splits)[0]
-    res_pixels = raw_pixel_knn(cfg, splits=splits)
+    res_trained = evaluate("knn", cfg, trained, device, random_init=False, splits=splits)
+    res_random = evaluate("knn", cfg, random_init, device, random_init=True, splits=splits)
+    res_pixels = raw_input_knn(cfg, splits=splits)
     eval_s = time.perf_counter() - t1
 
     beat = res_trained["top1"] > res_random["top1"]
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     e = cfg.eval
     print(
         f"\nkNN top-1 on {res_trained['n_test']} test digits (bank of {res_trained['n_train']}; "
-        f"k={e.k}, T={e.temperature}, block {res_trained['layer']}, {e.pool}-pooled, {e.attn} attention)"
+        f"k={e.k}, T={e.temperature}, block {res_trained['layer']}, {e.pool}-pooled, {res_trained['attn']} attention)"
     )
     print(
         f"  NEPA-pretrained ({cfg.train.steps} steps, {train_s:.0f} s): {100 * res_trained['top1']:6.2f}%"

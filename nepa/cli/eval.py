@@ -1,55 +1,36 @@
-"""``nepa eval {knn,linear,attentive,finetune} RUN_DIR [--data MODULE_OR_FILE:FUNCTION]
-[--set eval.layer=2 ...] [--random-init] [--device cpu] [--json FILE]``."""
+"""``nepa eval PROTOCOL RUN_DIR [--data MODULE_OR_FILE:FUNCTION] [--set eval.layer=2 ...]
+[--random-init] [--device cpu] [--json FILE]``; one subcommand per registered protocol."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from nepa.cli import add_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from nepa.eval.run import PROTOCOLS, protocol_help
+
     p = sub.add_parser("eval", help="evaluate a run: frozen-feature probes or fine-tuning")
     evsub = p.add_subparsers(dest="eval_command", required=True)
-    k = evsub.add_parser(
-        "knn", help="k-NN classification (k=20, cosine, temperature-weighted votes)"
-    )
-    _common(k)
-    k.add_argument(
-        "--sweep",
-        action="store_true",
-        help="every layer x {mean, last, start, grid2, grid4} x {causal, bidirectional}",
-    )
-    k.add_argument(
-        "--raw-pixels",
-        action="store_true",
-        help="kNN on the centred raw inputs of the same splits (the floor features should beat)",
-    )
-    k.set_defaults(func=run_knn)
-    lin = evsub.add_parser(
-        "linear",
-        help="linear probe: standardised features, L2 chosen on a validation split of train",
-    )
-    _common(lin)
-    lin.set_defaults(func=run_linear)
-    att = evsub.add_parser(
-        "attentive",
-        help="attentive probe: learned queries over frozen tokens (eval.attentive.*), "
-        "lr chosen on a validation split of train",
-    )
-    _common(att)
-    att.set_defaults(func=run_attentive)
-    ft = evsub.add_parser(
-        "finetune",
-        help="full fine-tuning: bidirectional attention, layer-wise lr decay, RandAugment, "
-        "mixup/cutmix (eval.finetune.*)",
-    )
-    _common(ft)
-    ft.set_defaults(func=run_finetune)
+    for name in PROTOCOLS.names():
+        q = evsub.add_parser(name, help=protocol_help(name))
+        _common(q)
+        q.set_defaults(func=run_protocol, protocol=name)
+        if name == "knn":  # kNN is cheap enough to sweep, and has a raw-input floor
+            q.add_argument(
+                "--sweep",
+                action="store_true",
+                help="every layer x {mean, last, start, grid2, grid4} x {causal, bidirectional}",
+            )
+            q.add_argument(
+                "--raw-pixels",
+                action="store_true",
+                help="kNN on the centred raw inputs of the same splits (the floor to beat)",
+            )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -70,9 +51,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     """(cfg, objective, device) of the run, or an exit code after printing why not."""
-    import torch
-
     from nepa.config import ConfigError, apply_overrides, load_recipe
+    from nepa.device import pick_device
     from nepa.eval.load import load_run
     from nepa.train.checkpoint import CheckpointError
 
@@ -87,66 +67,63 @@ def _load(args: argparse.Namespace):
                 f"only eval.* and data.* keys can be overridden at evaluation, got {bad}"
             )
         cfg = apply_overrides(cfg, args.overrides)
-    except (ConfigError, FileNotFoundError, CheckpointError) as e:
+        device = pick_device(args.device or "auto")
+    except (ConfigError, FileNotFoundError, CheckpointError, ValueError) as e:
         print(f"nepa eval: {e}", file=sys.stderr)
         return 2
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return cfg, objective, device
 
 
-def run_knn(args: argparse.Namespace) -> int:
-    from nepa.eval.run import knn_eval, raw_pixel_knn
+def run_protocol(args: argparse.Namespace) -> int:
+    from nepa.eval.run import evaluate, knn_sweep, raw_input_knn
 
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
     cfg, objective, device = loaded
-    if args.sweep:
-        depth = cfg.predictor.depth
-        results = knn_eval(
-            cfg,
-            objective,
-            device,
-            layers=list(range(1, depth + 1)),
-            pools=["mean", "last", "start", "grid2", "grid4"],
-            attns=["causal", "bidirectional"],
-        )
-    elif args.raw_pixels:
-        results = [{"protocol": "knn", **raw_pixel_knn(cfg)}]
-    else:
-        results = knn_eval(cfg, objective, device)
+    init = {"random_init": args.random_init}
+    try:
+        if getattr(args, "sweep", False):
+            depth = objective.backbone().depth
+            results = [
+                {"protocol": "knn", **init, **r}
+                for r in knn_sweep(
+                    cfg,
+                    objective,
+                    device,
+                    layers=list(range(1, depth + 1)),
+                    pools=["mean", "last", "start", "grid2", "grid4"],
+                    attns=["causal", "bidirectional"],
+                )
+            ]
+            print(sweep_table(results))
+        elif getattr(args, "raw_pixels", False):
+            results = [{**raw_input_knn(cfg), "random_init": False}]
+        else:
+            results = [evaluate(args.protocol, cfg, objective, device, random_init=args.random_init)]
+    except ValueError as e:  # a setting that does not fit this run (a layer, a pooling...)
+        print(f"nepa eval: {e}", file=sys.stderr)
+        return 2
     for r in results:
         print(json.dumps(r))
     if args.json:
-        args.json.write_text(json.dumps(results if args.sweep else results[0], indent=2) + "\n")
+        many = getattr(args, "sweep", False)
+        args.json.write_text(json.dumps(results if many else results[0], indent=2) + "\n")
     return 0
 
 
-def run_linear(args: argparse.Namespace) -> int:
-    from nepa.eval.run import linear_eval
-
-    return _run_one(args, linear_eval)
-
-
-def run_attentive(args: argparse.Namespace) -> int:
-    from nepa.eval.run import attentive_eval
-
-    return _run_one(args, attentive_eval)
-
-
-def run_finetune(args: argparse.Namespace) -> int:
-    from nepa.eval.run import finetune_eval
-
-    return _run_one(args, finetune_eval)
-
-
-def _run_one(args: argparse.Namespace, evaluate: Callable[..., dict]) -> int:
-    """Load the run, evaluate it once, print one JSON line and write ``--json``."""
-    loaded = _load(args)
-    if isinstance(loaded, int):
-        return loaded
-    result = evaluate(*loaded)
-    print(json.dumps(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+def sweep_table(results: list[dict]) -> str:
+    """kNN top-1 (%) per (attn, pool) row and layer column, as a Markdown table."""
+    layers = sorted({r["layer"] for r in results})
+    rows: dict[tuple[str, str], dict[int, float]] = {}
+    for r in results:
+        rows.setdefault((r["attn"], r["pool"]), {})[r["layer"]] = r["top1"]
+    init = " (random init)" if results and results[0].get("random_init") else ""
+    lines = [
+        f"| kNN top-1 %{init} | " + " | ".join(f"block {l}" for l in layers) + " |",
+        "|---|" + "---|" * len(layers),
+    ]
+    for (attn, pool), by_layer in rows.items():
+        cells = " | ".join(f"{100 * by_layer[l]:.2f}" for l in layers)
+        lines.append(f"| {attn}, {pool} | {cells} |")
+    return "\n".join(lines)

@@ -1,6 +1,7 @@
 """``nepa shards``: write a dataset as WebDataset shards with a manifest, check them, list them.
 
-nepa shards write SOURCE OUT_DIR [--split train] [--shard-size 1000] [--shuffle-seed 0 | --no-shuffle]
+nepa shards write SOURCE OUT_DIR [--kind KIND] [--split train] [--shard-size 1000]
+                  [--shuffle-seed 0 | --no-shuffle]
 nepa shards verify SOURCE [--split NAME ...] [--json FILE|-] [--allow-pickle]
 nepa shards ls SOURCE
 """
@@ -14,7 +15,7 @@ import sys
 import tarfile
 
 from nepa.data.shards.manifest import read_manifest
-from nepa.data.shards.sources import SOURCES_HELP
+from nepa.data.shards.sources import SOURCES, sources_help
 from nepa.data.shards.verify import summary, verify_shards
 from nepa.data.shards.write import write_source
 
@@ -28,12 +29,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: _usage(parser))
 
     w = sub.add_parser(
-        "write", help="write one split of a dataset as shards + manifest.json", epilog=SOURCES_HELP
+        "write",
+        help="write one split of a dataset as shards + manifest.json",
+        epilog=sources_help(),
     )
     w.add_argument(
         "source",
         metavar="SOURCE",
         help="an ImageFolder folder/tar, an .npz, or an audio folder/tar",
+    )
+    w.add_argument(
+        "--kind",
+        metavar="KIND",
+        help=f"source kind ({', '.join(SOURCES.names())}; default: recognised from SOURCE)",
     )
     w.add_argument(
         "out_dir",
@@ -98,6 +106,7 @@ def _write(args: argparse.Namespace) -> int:
             shard_size=args.shard_size,
             shuffle_seed=seed,
             progress=_progress(args),
+            kind=args.kind,
         )
     except (OSError, KeyError, ValueError, tarfile.TarError) as e:
         return _error("write", e)

@@ -58,7 +58,7 @@ def _prepare(args: argparse.Namespace):
 
     model = load_viz_model(args.run_dir, random_init=args.random_init)
     image = load_image_input(args.image, model.cfg.data)
-    cells = parse_cells(args.cells, model.encoder.grid)
+    cells = parse_cells(args.cells, model.grid)
     layer = model.layer(args.layer)
     scan = getattr(model.cfg.encoder, "scan", None)  # image encoders name their scan order
     weights = "random init" if args.random_init else "trained"

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from nepa.compare.grid import Cell, cell_config
 from nepa.config import ConfigError, RunConfig
+from nepa.device import pick_device
 from nepa.eval.load import WEIGHTS, load_weights
 from nepa.train.build import build_objective
 from nepa.train.checkpoint import list_checkpoints
@@ -30,18 +29,6 @@ from nepa.train.trainer import RESUME_MAY_DIFFER, flatten, train
 log = logging.getLogger(__name__)
 RUN_STATE = "compare.json"
 PLAN = "plan.json"
-
-
-def protocols() -> dict[str, Callable[..., dict]]:
-    """Evaluation protocols by name, each ``(cfg, objective, device, splits) -> dict``."""
-    from nepa.eval import run
-
-    return {
-        "knn": lambda *a, **kw: run.knn_eval(*a, **kw)[0],
-        "linear": run.linear_eval,
-        "attentive": run.attentive_eval,
-        "finetune": run.finetune_eval,
-    }
 
 
 @dataclass(frozen=True)
@@ -105,8 +92,10 @@ class Comparison:
     def __init__(self, plan: Plan, base: RunConfig, out: Path, *, progress: bool = False):
         self.plan, self.base, self.out, self.progress = plan, base, out, progress
         self._splits: dict[str, tuple] = {}
-        self._protocols = protocols()
-        unknown = [e for e in plan.evals if e not in self._protocols]
+        from nepa.eval.run import PROTOCOLS
+
+        self._protocols = PROTOCOLS.names()
+        unknown = [e for e in plan.evals if e not in PROTOCOLS]
         if unknown:
             raise ConfigError(f"unknown --eval {unknown}; valid: {', '.join(self._protocols)}")
         # Every cell's config is built before anything runs: a bad value fails now, not later.
@@ -187,19 +176,17 @@ class Comparison:
         objective = build_objective(cfg)  # seeded: this is the random-init baseline as built
         if not init:
             objective.load_state_dict(load_weights(rd))
-        device = torch.device(
-            "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-        )
+        device = pick_device("cpu" if cfg.train.device == "cpu" else "auto")
         splits_key = json.dumps(
             [cfg.data.model_dump(mode="json"), cfg.eval.max_train, cfg.eval.max_test]
         )
-        if splits_key not in self._splits:
-            from nepa.eval.run import eval_splits
+        from nepa.eval.run import eval_splits, evaluate
 
+        if splits_key not in self._splits:
             self._splits = {splits_key: eval_splits(cfg)}  # keep one: splits hold decoded data
         log.info("compare: %s on %s", key, rd.name)
-        result = self._protocols[name](cfg, objective, device, splits=self._splits[splits_key])
-        return {**result, "random_init": bool(init)}
+        splits = self._splits[splits_key]
+        return evaluate(name, cfg, objective, device, random_init=bool(init), splits=splits)
 
 
 def run_summary(rd: Path) -> dict:

@@ -1,17 +1,21 @@
-"""Dataset contract: a config that knows its sample shape, and a registry of dataset builders.
+"""Dataset contract: a config that declares its fields, and a registry of dataset builders.
 
 A built dataset supports ``len(ds)``, ``ds.num_classes``, ``ds.labels`` (int64 tensor of all
-labels) and ``ds[key] -> (x, y)``: ``key`` is an index (deterministic eval transform) or a tuple
-``(index, aug_seed)`` (training augmentation seeded by ``aug_seed`` when built with
-``train=True``). ``x`` is a float32 tensor of ``cfg.sample_shape``; ``y`` an int label.
+labels) and ``ds[key] -> dict[str, Tensor]`` with the fields its config declares (for images
+``{"image": (C, H, W) float32, "label": () int64}``): ``key`` is an index (deterministic eval
+transform) or a tuple ``(index, aug_seed)`` (training augmentation seeded by ``aug_seed`` when
+built with ``train=True``). ``ds.normalization`` (optional) is the JSON-ready description of
+the input normalisation it applies, which the trainer stores in the run directory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from nepa.batch import FieldSpec
 from nepa.registry import Registry
 from nepa.schema import ComponentConfig
 
@@ -20,9 +24,18 @@ class DataConfig(ComponentConfig):
     """Base of every dataset config. ``kind`` names the registry entry."""
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
-        """Shape of one model input, e.g. (C, H, W); known from the config alone."""
+    def fields(self) -> dict[str, FieldSpec]:
+        """Name -> shape and dtype of every field of one sample; known from the config alone."""
         raise NotImplementedError
+
+    def input_transform(self, normalization: dict) -> Callable[[Any], dict]:
+        """One raw input (e.g. an image) -> a sample dict, exactly as evaluation feeds the model;
+        ``normalization`` is what the dataset reported at training (stored in the run
+        directory's meta.json). Used by :func:`nepa.load_run`."""
+        raise NotImplementedError(
+            f"data {self.kind!r} does not say how to turn a raw input into a sample; build the "
+            "batch dict yourself (its fields: " + ", ".join(self.fields) + ")"
+        )
 
 
 #: builder signature: ``fn(cfg, *, split: str, train: bool) -> torch.utils.data.Dataset``

@@ -7,15 +7,13 @@ private temporary folder and renames it into place, so a reader never sees half 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from nepa.data.paths import cache_root
+from nepa.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +35,12 @@ def load_or_build(name: str, names: tuple[str, ...], build: Callable[[], Arrays]
 
 
 def _write(entry: Path, arrays: Arrays) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        for n, a in arrays.items():
-            np.save(tmp / f"{n}.npy", a, allow_pickle=False)
-        if entry.exists():  # a stale or partial entry, or another process won the race
-            shutil.rmtree(entry, ignore_errors=True)
-        os.replace(tmp, entry)
+        with atomic_dir(entry) as tmp:
+            for n, a in arrays.items():
+                np.save(tmp / f"{n}.npy", a, allow_pickle=False)
         log.info("wrote data cache %s", entry)
     except OSError as e:
         if not entry.is_dir():
             raise
         log.debug("data cache %s written concurrently by another process (%s)", entry, e)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

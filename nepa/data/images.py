@@ -13,7 +13,7 @@ import math
 import random
 import zlib
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from nepa.batch import LABEL, LABEL_FIELD, Batch, FieldSpec
 from nepa.data.base import DATASETS, DataConfig
 from nepa.data.cache import load_or_build
 from nepa.data.folder import read_image_folder, source_key
@@ -86,11 +87,41 @@ class ImageDataConfig(DataConfig):
         return (s, s) if isinstance(s, int) else (s[0], s[1])
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        return (self.channels, *self.size_hw)
+    def fields(self) -> dict[str, FieldSpec]:
+        return {"image": FieldSpec((self.channels, *self.size_hw)), LABEL: LABEL_FIELD}
 
     def limit_for(self, split: str) -> int | None:
         return self.limit_train if split == "train" else self.limit_test
+
+    def input_transform(self, normalization: dict) -> Callable[[Any], Batch]:
+        """An image (uint8 (C, H, W) tensor, (H, W, C) array or PIL image) -> ``{"image": x}``:
+        resize to cover + centre crop to ``image_size``, normalised with the run's statistics."""
+        mean = self.mean or normalization.get("mean")
+        std = self.std or normalization.get("std")
+        if mean is None or std is None:
+            raise ValueError(
+                "the run stored no image mean/std (a run from nepa 0.1.0?): set data.mean and "
+                "data.std"
+            )
+        tf = eval_transform(self, tuple(mean), tuple(std))
+        channels = self.channels
+
+        def apply(image: Any) -> Batch:
+            if isinstance(image, np.ndarray):
+                img = torch.from_numpy(np.ascontiguousarray(image))
+                img = img[None] if img.ndim == 2 else img.permute(2, 0, 1)
+            elif isinstance(image, torch.Tensor):
+                img = image if image.ndim == 3 else image[None]
+            else:  # a PIL image
+                img = TF.pil_to_tensor(image.convert("L" if channels == 1 else "RGB"))
+            if img.dtype != torch.uint8 or img.shape[0] != channels:
+                raise ValueError(
+                    f"expected a uint8 image with {channels} channel(s), got {img.dtype} "
+                    f"{tuple(img.shape)} (as (C, H, W))"
+                )
+            return {"image": tf(img)}
+
+        return apply
 
 
 class ImageFolderConfig(ImageDataConfig):
@@ -129,7 +160,8 @@ class ImageNpzConfig(ImageDataConfig):
 
 
 class ImageDataset(Dataset):
-    """In-memory images; ``ds[i]`` or ``ds[(i, aug_seed)]`` -> (x (C, H, W) float32, label)."""
+    """In-memory images; ``ds[i]`` or ``ds[(i, aug_seed)]`` ->
+    ``{"image": (C, H, W) float32, "label": () int64}``."""
 
     def __init__(
         self,
@@ -140,6 +172,7 @@ class ImageDataset(Dataset):
         normalize: Callable[[torch.Tensor], torch.Tensor],
         eval_transform: Callable[[torch.Tensor], torch.Tensor],
         train: bool,
+        normalization: dict | None = None,
     ) -> None:
         self.images = images  # (N, C, H, W) uint8, or N tensors (C, H, W)
         self.labels = labels  # (N,) int64
@@ -149,6 +182,7 @@ class ImageDataset(Dataset):
         self._augment, self._normalize = augment, normalize
         self._eval_tf = eval_transform
         self._extra: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.normalization = normalization or {}
 
     def augmented(
         self, extra: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -163,7 +197,7 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, key: Key) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: Key) -> Batch:
         index, aug_seed = (key, None) if isinstance(key, int | np.integer) else key
         img_CHW = self.images[index]
         if not self.train or aug_seed is None:
@@ -171,7 +205,7 @@ class ImageDataset(Dataset):
         else:
             img_CHW = self._augment(img_CHW, aug_seed)
             x = self._normalize(img_CHW if self._extra is None else self._extra(img_CHW))
-        return x, int(self.labels[index])
+        return {"image": x, LABEL: self.labels[index]}
 
 
 class CropFlip:
@@ -335,7 +369,13 @@ def make_dataset(
         normalizer(mean, std),
         eval_transform(cfg, mean, std),
         train,
+        image_normalization(mean, std),
     )
+
+
+def image_normalization(mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
+    """What the run directory stores so that ``nepa.load_run`` rebuilds the eval transform."""
+    return {"field": "image", "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
 def _cached_stats(key: str, compute: Callable[[], Images]) -> np.ndarray:

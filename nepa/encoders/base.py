@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
+from nepa.batch import Batch, FieldSpec
 from nepa.registry import Registry
 from nepa.schema import ComponentConfig
 from nepa.tokens import Tokens
@@ -15,12 +15,14 @@ from nepa.tokens import Tokens
 class EncoderConfig(ComponentConfig):
     """Base of every encoder config. ``kind`` names the registry entry."""
 
-    def check_input(self, sample_shape: tuple[int, ...]) -> None:
-        """Raise ValueError, saying how to fix it, if samples of this shape cannot be encoded."""
+    def check_fields(self, fields: dict[str, FieldSpec]) -> None:
+        """Raise ValueError, saying how to fix it, if a batch with these fields cannot be
+        encoded (a field this encoder reads is missing, or has the wrong shape). Called when the
+        RunConfig is validated; :func:`nepa.batch.require_field` does the usual check."""
 
 
 class Encoder(nn.Module):
-    """Maps a batch of one modality to :class:`Tokens`.
+    """Maps a batch (a dict of tensors) of one modality to :class:`Tokens`.
 
     Subclasses set ``n_axes`` (grid axes of the coordinates they emit) and ``grid`` once built.
     """
@@ -28,20 +30,13 @@ class Encoder(nn.Module):
     n_axes: int
     grid: tuple[int, ...]
 
-    def forward(self, x: Any) -> Tokens:  # pragma: no cover - interface
+    def forward(self, batch: Batch) -> Tokens:  # pragma: no cover - interface
         raise NotImplementedError
 
 
-#: builder signature: ``fn(cfg, *, dim: int, sample_shape: tuple[int, ...]) -> Encoder``
+#: builder signature: ``fn(cfg, *, dim: int, fields: dict[str, FieldSpec]) -> Encoder``
 ENCODERS: Registry[Any] = Registry("encoder")
 
 
-def build_encoder(cfg: EncoderConfig, *, dim: int, sample_shape: tuple[int, ...]) -> Encoder:
-    return ENCODERS.get(cfg.kind)(cfg, dim=dim, sample_shape=sample_shape)
-
-
-def order_tokens(
-    emb_BTD: torch.Tensor, coords_TA: torch.Tensor, order_T: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reorder row-major tokens into a scan order (``order_T[i]`` = row-major index visited i-th)."""
-    return emb_BTD[:, order_T], coords_TA[order_T]
+def build_encoder(cfg: EncoderConfig, *, dim: int, fields: dict[str, FieldSpec]) -> Encoder:
+    return ENCODERS.get(cfg.kind)(cfg, dim=dim, fields=fields)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange
 from pydantic import Field
 from torch import nn
 
+from nepa.batch import Batch, FieldSpec, require_field
 from nepa.encoders.base import ENCODERS, Encoder, EncoderConfig
 from nepa.encoders.scans import SCANS, scan_order
 from nepa.tokens import Tokens
@@ -15,6 +17,7 @@ from nepa.tokens import Tokens
 
 class ImageEncoderConfig(EncoderConfig):
     kind: Literal["image"] = "image"
+    field: str = Field("image", description="the batch field holding (B, C, H, W) images")
     patch_size: int | tuple[int, int] = Field(16, description="patch height/width in pixels")
     scan: str = "raster"
     scan_seed: int = 0
@@ -24,12 +27,13 @@ class ImageEncoderConfig(EncoderConfig):
         p = self.patch_size
         return (p, p) if isinstance(p, int) else tuple(p)  # type: ignore[return-value]
 
-    def check_input(self, sample_shape: tuple[int, ...]) -> None:
-        if len(sample_shape) != 3:
+    def check_fields(self, fields: dict[str, FieldSpec]) -> None:
+        spec = require_field(fields, self.field, ndim=3, reader="encoder 'image' (C, H, W)")
+        _, H, W = spec.shape
+        if H is None or W is None:
             raise ValueError(
-                f"encoder 'image' needs (C, H, W) samples, the data gives {sample_shape}"
+                f"encoder 'image' needs a fixed image size, field {self.field!r} is {spec}"
             )
-        _, H, W = sample_shape
         ph, pw = self.patch_hw
         if H % ph or W % pw:
             raise ValueError(
@@ -42,14 +46,15 @@ class ImageEncoderConfig(EncoderConfig):
 
 @ENCODERS.register("image", config=ImageEncoderConfig)
 class ImageEncoder(Encoder):
-    """(B, C, H, W) -> Tokens with emb (B, T, D), T = (H/ph) * (W/pw), in scan order."""
+    """``batch[field]`` (B, C, H, W) -> Tokens with emb (B, T, D), T = (H/ph) * (W/pw), in scan order."""
 
     n_axes = 2
 
-    def __init__(self, cfg: ImageEncoderConfig, *, dim: int, sample_shape: tuple[int, ...]) -> None:
+    def __init__(self, cfg: ImageEncoderConfig, *, dim: int, fields: dict[str, FieldSpec]) -> None:
         super().__init__()
-        cfg.check_input(sample_shape)
-        C, H, W = sample_shape
+        cfg.check_fields(fields)
+        self.field = cfg.field
+        C, H, W = fields[cfg.field].shape
         ph, pw = cfg.patch_hw
         self.proj = nn.Conv2d(C, dim, kernel_size=(ph, pw), stride=(ph, pw))
         self.grid = (H // ph, W // pw)
@@ -61,7 +66,8 @@ class ImageEncoder(Encoder):
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("coords", coords[order], persistent=False)
 
-    def forward(self, x_BCHW: torch.Tensor) -> Tokens:
+    def forward(self, batch: Batch) -> Tokens:
+        x_BCHW = batch[self.field]
         if tuple(x_BCHW.shape[-2:]) != (
             self.grid[0] * self.proj.stride[0],
             self.grid[1] * self.proj.stride[1],
@@ -69,5 +75,5 @@ class ImageEncoder(Encoder):
             raise ValueError(
                 f"expected images of size {tuple(self.proj.stride)} x {self.grid}, got {tuple(x_BCHW.shape)}"
             )
-        emb = self.proj(x_BCHW).flatten(2).transpose(1, 2)  # (B, T, D) row-major
+        emb = rearrange(self.proj(x_BCHW), "b d h w -> b (h w) d")  # (B, T, D) row-major
         return Tokens(emb=emb[:, self.order], coords=self.coords, grid=self.grid)

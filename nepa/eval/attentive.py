@@ -15,11 +15,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from nepa.batch import to_device
+from nepa.eval.features import loader
 from nepa.eval.linear import stratified_split
 from nepa.objectives.base import Objective
+from nepa.params import decay_groups
 from nepa.schema import Config
+from nepa.train.optim import lr_at, warmup_steps
 
 
 class AttentiveConfig(Config):
@@ -30,7 +34,7 @@ class AttentiveConfig(Config):
     """
 
     queries: int = Field(1, gt=0, description="learned queries (their outputs are concatenated)")
-    heads: int | None = Field(None, gt=0, description="attention heads; null: the predictor's")
+    heads: int | None = Field(None, gt=0, description="attention heads; null: the backbone's")
     epochs: int = Field(20, gt=0)
     batch_size: int = Field(128, gt=0)
     lr_grid: tuple[float, ...] = Field((3e-4, 1e-3, 3e-3, 1e-2), min_length=1)
@@ -59,13 +63,13 @@ class AttentiveHead(nn.Module):
         return self.fc(self.norm(out_BQD.flatten(1)))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def extract_tokens(
     objective: Objective,
     dataset: Dataset,
     *,
     layer: int,
-    attn: str,
+    attn: str | None,
     device: torch.device,
     batch_size: int = 256,
     bf16: bool = False,
@@ -74,12 +78,12 @@ def extract_tokens(
     keep mask when the encoder pads (None otherwise)."""
     objective.eval()
     tokens, keeps = [], []
-    for x, _ in DataLoader(dataset, batch_size=batch_size):
+    for batch in loader(dataset, batch_size):
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            hs, tok, *_ = objective.features(x.to(device), layers=[layer], attn=attn)
-        tokens.append(hs[0].to(torch.float16).cpu())
-        if tok.keep is not None:
-            keeps.append(tok.keep.cpu())
+            feats = objective.features(to_device(batch, device), layers=[layer], attn=attn)
+        tokens.append(feats.layers[0].to(torch.float16).cpu())
+        if feats.keep is not None:
+            keeps.append(feats.keep.cpu())
     return torch.cat(tokens), (torch.cat(keeps) if keeps else None)
 
 
@@ -88,26 +92,15 @@ def warmup_cosine(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Scales every group's initial lr by the pretraining schedule's factor (linear warm-up,
     cosine to zero); ``warmup`` as in OptimConfig: a fraction of steps (<1) or a step count."""
-    # Imported here: nepa.config imports this module for AttentiveConfig.
-    from nepa.config import OptimConfig
-    from nepa.train.optim import lr_at
-
-    shape = OptimConfig(lr=1.0, warmup=warmup, min_lr_ratio=0.0)
+    warm = warmup_steps(warmup, total_steps)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_at(step, shape, total_steps)
+        optimizer, lambda step: lr_at(step, peak=1.0, warmup=warm, total=total_steps)
     )
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float, **kw) -> torch.optim.AdamW:
-    """AdamW without weight decay on norms, biases and listed parameters (as pretraining)."""
-    from nepa.train.optim import no_decay_names  # imported here: nepa.config imports this module
-
-    skip = no_decay_names(model)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if n not in skip], "weight_decay": weight_decay},
-        {"params": [p for n, p in named if n in skip], "weight_decay": 0.0},
-    ]
+    """AdamW without weight decay on norms and biases (as pretraining)."""
+    groups = decay_groups(model, weight_decay)
     return torch.optim.AdamW(groups, lr=lr, **kw)
 
 

@@ -1,50 +1,81 @@
-"""Frozen features from any objective: choose a layer, an attention mode and a pooling."""
+"""Frozen features from any objective: choose layers, an attention mode and poolings.
+
+Everything goes through ``objective.features(batch, layers, attn) -> Features``; pooling honours
+the padding mask (``Features.keep``), so a padded sample pools exactly like the same sample
+without padding.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from nepa.batch import LABEL, collate, to_device
+from nepa.objectives.backbone import Features
 from nepa.objectives.base import Objective
-from nepa.tokens import Tokens
+
+POOLS = ("mean", "last", "start", "grid2", "grid4")
 
 
-def pool_tokens(h_BTD: torch.Tensor, tok: Tokens, pool: str) -> torch.Tensor:
-    """(B, T, D) token outputs -> (B, F) features.
+def pool_tokens(h_BTD: torch.Tensor, feats: Features, pool: str) -> torch.Tensor:
+    """(B, T, D) token outputs -> (B, F) features, over real tokens only (``feats.keep``).
 
     mean:  average over tokens (throws the layout away).
-    last:  the last token in scan order (under causal attention the only one that saw all).
-    (``start``, the start token's output, is taken in :func:`extract`; under causal attention
-    it has seen nothing but itself, so use it with bidirectional attention.)
+    last:  the last real token in scan order (under causal attention the only one that saw all).
     gridK: average tokens within each of K^A cells of their grid (coords binned per axis), then
-           concatenate: keeps a coarse layout for any number of grid axes.
+           concatenate: keeps a coarse layout for any number of grid axes. An empty cell is 0.
+    (``start``, the per-sample summary such as the start token's output, is taken in
+    :func:`pool_features`.)
     """
+    B, T, _ = h_BTD.shape
+    keep = feats.keep
+    w_BT = torch.ones(B, T, dtype=h_BTD.dtype, device=h_BTD.device)
+    if keep is not None:
+        w_BT = keep.to(h_BTD.dtype)
     if pool == "mean":
-        return h_BTD.mean(1)
+        return (h_BTD * w_BT[..., None]).sum(1) / w_BT.sum(1, keepdim=True).clamp_min(1.0)
     if pool == "last":
-        return h_BTD[:, -1]
+        if keep is None:
+            return h_BTD[:, -1]
+        last_B = T - 1 - keep.flip(1).to(torch.int8).argmax(1)  # index of the last real token
+        return h_BTD[torch.arange(B, device=h_BTD.device), last_B]
     if pool.startswith("grid"):
         k = int(pool[4:])
-        grid = torch.tensor(tok.grid, device=tok.coords.device)
-        bins = tok.coords * torch.clamp(grid, max=k) // grid  # (T, A), each < min(k, size)
-        cell = torch.zeros(bins.shape[0], dtype=torch.long, device=bins.device)
-        for a in range(bins.shape[1]):
-            cell = cell * k + bins[:, a]
-        onehot = torch.nn.functional.one_hot(cell, k ** bins.shape[1]).to(h_BTD.dtype)  # (T, C)
-        summed = torch.einsum("btd,tc->bcd", h_BTD, onehot)
-        counts = onehot.sum(0).clamp_min(1)[None, :, None]
-        return (summed / counts).flatten(1)
-    raise ValueError(f"unknown pool {pool!r}; valid: mean, last, grid2, grid4")
+        coords = feats.coords if feats.coords.ndim == 3 else feats.coords[None]  # (B|1, T, A)
+        grid = torch.tensor(feats.grid, device=coords.device)
+        bins = coords * torch.clamp(grid, max=k) // grid  # (., T, A), each < min(k, size)
+        cell = torch.zeros(bins.shape[:-1], dtype=torch.long, device=bins.device)
+        for a in range(bins.shape[-1]):
+            cell = cell * k + bins[..., a]
+        onehot = F.one_hot(cell, k ** bins.shape[-1]).to(h_BTD.dtype) * w_BT[..., None]  # B,T,C
+        summed = torch.einsum("btd,btc->bcd", h_BTD, onehot.expand(B, -1, -1))
+        counts = onehot.sum(1).clamp_min(1)[..., None]  # (B, C, 1)
+        return (summed / counts.expand(B, -1, -1)).flatten(1)
+    raise ValueError(f"unknown pool {pool!r}; valid: {', '.join(POOLS)}")
 
 
-@torch.no_grad()
+def pool_features(feats: Features, index: int, pool: str) -> torch.Tensor:
+    """(B, F) features of ``feats.layers[index]`` pooled by ``pool`` (``start``: the summary)."""
+    if pool == "start":
+        if feats.summary is None:
+            raise ValueError("this backbone has no per-sample summary (start token) to pool")
+        return feats.summary[index]
+    return pool_tokens(feats.layers[index].float(), feats, pool)
+
+
+def loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+
+
+@torch.inference_mode()
 def extract(
     objective: Objective,
     dataset: Dataset,
     *,
     layers: list[int],
     pools: list[str],
-    attn: str,
+    attn: str | None,
     device: torch.device,
     batch_size: int = 256,
     bf16: bool = False,
@@ -52,17 +83,21 @@ def extract(
     """Features for every (layer, pool) in one pass over ``dataset`` (eval transform)."""
     objective.eval()
     out: dict[tuple[int, str], list[torch.Tensor]] = {(l, p): [] for l in layers for p in pools}
-    for x, _ in DataLoader(dataset, batch_size=batch_size):
+    for batch in loader(dataset, batch_size):
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            hs, tok, *rest = objective.features(x.to(device), layers=layers, attn=attn)
-        starts = rest[0] if rest else None  # (B, D) per layer, for objectives with a start token
-        if "start" in pools and starts is None:
-            raise ValueError(f"{type(objective).__name__} has no start token to pool")
-        for i, (layer, h) in enumerate(zip(layers, hs, strict=True)):
+            feats = objective.features(to_device(batch, device), layers=layers, attn=attn)
+        for i, layer in enumerate(layers):
             for p in pools:
-                f = starts[i] if p == "start" else pool_tokens(h.float(), tok, p)
-                out[(layer, p)].append(f.float().cpu())
+                out[(layer, p)].append(pool_features(feats, i, p).float().cpu())
     return {key: torch.cat(v) for key, v in out.items()}
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """(N,) int64 class labels of an evaluation split (the ``label`` field of every item)."""
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return torch.as_tensor(labels, dtype=torch.int64)
+    return torch.cat([b[LABEL] for b in loader(dataset, 1024)]).to(torch.int64)
 
 
 def eval_subset(dataset: Dataset, limit: int | None, seed: int = 0) -> Dataset:

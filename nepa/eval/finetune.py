@@ -1,8 +1,8 @@
 """Full fine-tuning as the NEPA reference recipe does it.
 
-The pretrained encoder + predictor become a classifier with **bidirectional** attention and
-drop-path (both set in the predictor's config; neither needs new parameters): mean-pooled patch
-tokens (the start token excluded) -> LayerNorm -> zero-initialised Linear. The patch embedding is
+A copy of the objective's backbone becomes a classifier with **bidirectional** attention and
+drop-path (neither needs new parameters): mean-pooled real tokens (the start token excluded) ->
+LayerNorm -> zero-initialised Linear. The input embedding (the backbone's layer group 0) is
 frozen. AdamW with layer-wise lr decay (``linear``: scale rising linearly from 0.35 at the patch
 embedding to 1.0 at the head, which the paper found better than ``fixed``: 0.65 per layer),
 warm-up + cosine; RandAugment on the uint8 crop, then MixUp / CutMix (one chosen per batch)
@@ -16,6 +16,7 @@ mixing a convex combination.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Literal
 
@@ -26,10 +27,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
+from nepa.batch import LABEL, Batch, collate, to_device
 from nepa.data.sampler import StepBatchSampler
-from nepa.encoders.base import Encoder
 from nepa.eval.attentive import warmup_cosine
-from nepa.predictor.transformer import Predictor
+from nepa.eval.features import loader, pool_tokens
+from nepa.objectives.backbone import Backbone
+from nepa.objectives.base import Objective
+from nepa.params import decay_groups
 from nepa.schema import Config
 
 
@@ -59,6 +63,7 @@ class FinetuneConfig(Config):
         (2, 9), description="RandAugment (num_ops, magnitude); null disables"
     )
     num_workers: int = Field(0, ge=0, description="data loader workers for the training split")
+    mix_field: str = Field("image", description="the batch field MixUp / CutMix mix")
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
@@ -70,43 +75,31 @@ class FinetuneConfig(Config):
 
 
 class Classifier(nn.Module):
-    """(B, ...) inputs -> (B, C) logits: encoder -> predictor (its own mask mode) -> mean of
-    the patch tokens -> LayerNorm -> Linear (zero-initialised)."""
+    """A batch -> (B, C) logits: the backbone (bidirectional) -> mean of its real tokens ->
+    LayerNorm -> Linear (zero-initialised)."""
 
-    def __init__(self, encoder: Encoder, predictor: Predictor, num_classes: int) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, attn: str = "bidirectional") -> None:
         super().__init__()
-        self.encoder, self.predictor = encoder, predictor
-        dim = predictor.cfg.dim
-        self.fc_norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+        self.backbone, self.attn = backbone, attn
+        self.fc_norm = nn.LayerNorm(backbone.dim)
+        self.head = nn.Linear(backbone.dim, num_classes)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def tokens(self, x) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T+1, D) final-normed outputs (start token first) and the (B, T) keep mask."""
-        tok = self.encoder(x)
-        return self.predictor(tok.emb, tok.coords, tok.grid, tok.keep), tok.keep
+    def forward(self, batch: Batch) -> torch.Tensor:
+        feats = self.backbone(batch, layers=[self.backbone.depth], attn=self.attn)
+        return self.head(self.fc_norm(pool_tokens(feats.layers[0], feats, "mean")))
 
-    def forward(self, x) -> torch.Tensor:
-        h, keep = self.tokens(x)
-        patches_BTD = h[:, 1:]
-        if keep is None:
-            pooled = patches_BTD.mean(1)
-        else:
-            w = keep[..., None].to(patches_BTD.dtype)
-            pooled = (patches_BTD * w).sum(1) / w.sum(1).clamp_min(1.0)
-        return self.head(self.fc_norm(pooled))
-
-
-def layer_id(name: str, depth: int) -> int:
-    """0: patch embedding and start token; i: block i (1-based); depth + 1: final norm and head."""
-    if name.startswith("encoder.") or name == "predictor.start_token":
-        return 0
-    if name.startswith("predictor.blocks."):
-        return int(name.split(".")[2]) + 1
-    if name.startswith(("predictor.norm.", "fc_norm.", "head.")):
-        return depth + 1
-    raise ValueError(f"no layer-wise lr decay rule for parameter {name!r}")
+    def layer_groups(self) -> list[list[tuple[str, nn.Parameter]]]:
+        """The backbone's groups (0: input embedding ... depth + 1: final norm), with the new
+        norm and head joining the top group."""
+        groups = [[(f"backbone.{n}", p) for n, p in g] for g in self.backbone.layer_groups()]
+        groups[-1] += [
+            (f"{m}.{n}", p)
+            for m in ("fc_norm", "head")
+            for n, p in getattr(self, m).named_parameters()
+        ]
+        return groups
 
 
 def layer_scale(layer: int, depth: int, cfg: FinetuneConfig) -> float:
@@ -120,30 +113,29 @@ def layer_scale(layer: int, depth: int, cfg: FinetuneConfig) -> float:
 def build_optimizer(model: Classifier, cfg: FinetuneConfig) -> torch.optim.AdamW:
     """AdamW with one group per (layer, decay or not); each group's ``lr`` is ``cfg.lr`` x its
     ``lr_scale``. Frozen parameters (the patch embedding) are left out."""
-    from nepa.train.optim import no_decay_names  # imported here: nepa.config imports this module
+    groups = model.layer_groups()
+    depth = len(groups) - 2
+    layer_of = {name: i for i, g in enumerate(groups) for name, _ in g}
+    params = [(n, p) for g in groups for n, p in g]
+    param_groups = decay_groups(
+        params,
+        cfg.weight_decay,
+        lr_scale=lambda name: layer_scale(layer_of[name], depth, cfg),
+    )
+    for g in param_groups:
+        g["lr"] = cfg.lr * g["lr_scale"]
+        g["layer_id"] = layer_of[g["names"][0]]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas)
 
-    depth = len(model.predictor.blocks)
-    skip = no_decay_names(model)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lid, decay = layer_id(name, depth), name not in skip
-        scale = layer_scale(lid, depth, cfg)
-        group = groups.setdefault(
-            (lid, decay),
-            {
-                "params": [],
-                "names": [],
-                "layer_id": lid,
-                "lr_scale": scale,
-                "lr": cfg.lr * scale,
-                "weight_decay": cfg.weight_decay if decay else 0.0,
-            },
-        )
-        group["params"].append(p)
-        group["names"].append(name)
-    return torch.optim.AdamW(list(groups.values()), lr=cfg.lr, betas=cfg.betas)
+
+def finetune_classifier(objective: Objective, num_classes: int, cfg: FinetuneConfig) -> Classifier:
+    """A copy of the objective's backbone (its weights, not shared) under a fresh pooled head,
+    with drop-path and its input embedding (layer group 0) frozen, as the reference does."""
+    backbone = copy.deepcopy(objective.backbone())
+    backbone.set_drop_path(cfg.drop_path)
+    for _, p in backbone.layer_groups()[0]:
+        p.requires_grad_(False)
+    return Classifier(backbone, num_classes)
 
 
 def unwrap(split: Dataset) -> tuple[Dataset, list[int]]:
@@ -175,7 +167,7 @@ class TrainView(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> Batch:
         i, aug_seed = key
         return self.base[(self.indices[i], aug_seed)]
 
@@ -186,7 +178,8 @@ def train_view(split: Dataset, cfg: FinetuneConfig) -> TrainView:
 
 
 def batch_mix(cfg: FinetuneConfig, num_classes: int) -> Callable | None:
-    """MixUp or CutMix, one chosen at random per batch: (x, y (B,)) -> (x, soft y (B, C))."""
+    """MixUp or CutMix, one chosen at random per batch: (x, y (B,)) -> (x, soft y (B, C)),
+    applied to the batch field ``cfg.mix_field``."""
     mixes = [
         m(alpha=a, num_classes=num_classes)
         for m, a in ((v2.MixUp, cfg.mixup), (v2.CutMix, cfg.cutmix))
@@ -215,6 +208,7 @@ def finetune(
         view,
         batch_sampler=sampler,
         num_workers=cfg.num_workers,
+        collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
     )
     opt = build_optimizer(model, cfg)
@@ -222,12 +216,19 @@ def finetune(
     mix = batch_mix(cfg, view.num_classes)
     model.train()
     losses = []
-    for step, (x, y) in zip(range(steps), loader, strict=False):
-        x, y = x.to(device), y.to(device)
+    for step, batch in zip(range(steps), loader, strict=False):
+        batch = to_device(batch, device)
+        y = batch.pop(LABEL)
         if mix is not None:
-            x, y = mix(x, y)
+            if cfg.mix_field not in batch:
+                raise ValueError(
+                    f"eval.finetune.mix_field={cfg.mix_field!r} is not a field of the batch "
+                    f"({', '.join(batch)}); name the input field, or set eval.finetune.mixup=0 "
+                    "and eval.finetune.cutmix=0"
+                )
+            batch[cfg.mix_field], y = mix(batch[cfg.mix_field], y)
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            logits = model(x)
+            logits = model(batch)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning loss is {loss.item()} at step {step}")
@@ -249,8 +250,9 @@ def classify_top1(
     """Top-1 accuracy on ``dataset`` (its eval transform, no augmentation)."""
     model.eval()
     correct = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
+    for batch in loader(dataset, batch_size):
+        y = batch.pop(LABEL)
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            pred = model(x.to(device)).argmax(-1).cpu()
+            pred = model(to_device(batch, device)).argmax(-1).cpu()
         correct += int((pred == y).sum())
     return correct / len(dataset)

@@ -31,6 +31,19 @@ def _written_by(meta: dict) -> str:
     return f"written by nepa {theirs}; this is nepa {nepa.__version__}"
 
 
+def migrate_config(config: dict, meta: dict) -> dict:
+    """A config written by an older nepa, in this version's keys. 0.1.0 named the attention
+    mode ``predictor.mask`` (now ``predictor.attn``) and read it causally at evaluation by
+    default (``eval.attn: causal``, kept as written)."""
+    if meta.get("nepa_version") == "0.1.0":
+        predictor = config.get("predictor")
+        if isinstance(predictor, dict) and "mask" in predictor:
+            predictor = dict(predictor)
+            predictor["attn"] = predictor.pop("mask")
+            config = {**config, "predictor": predictor}
+    return config
+
+
 def load_run_config(run_dir: Path) -> RunConfig:
     meta = read_meta(run_dir)  # FileNotFoundError: not a run directory
     if not (run_dir / CONFIG).is_file():
@@ -39,7 +52,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
         # Importing the recipe's module registers any user-defined encoder / objective / data.
         resolve_recipe(meta["recipe"])
     try:
-        cfg = validate(json.loads((run_dir / CONFIG).read_text()))
+        cfg = validate(migrate_config(json.loads((run_dir / CONFIG).read_text()), meta))
     except ConfigError as e:
         raise ConfigError(f"{run_dir} cannot be read ({_written_by(meta)}): {e}") from None
     if meta.get("nepa_version") != nepa.__version__:
@@ -67,6 +80,7 @@ def load_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def load_run(run_dir: Path, *, random_init: bool = False) -> tuple[RunConfig, Objective]:
     """The run's objective with trained weights (or, for a baseline, its seeded random init)."""
+    run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     objective = build_objective(cfg)
     if not random_init:

@@ -48,3 +48,31 @@ def check_collapse(
             min_rank,
         )
     return collapsed
+
+
+class CollapseMonitor:
+    """The collapse monitor as a part any objective can own.
+
+    ``observe(out)`` in ``forward`` keeps the latest (B, T, D) outputs (detached; real tokens
+    only when a keep mask is given); ``objective.monitor(step)`` returns ``self(step)``: every
+    ``every`` steps the ``collapse/*`` statistics, with a loud warning when they look collapsed.
+    """
+
+    def __init__(self, every: int, min_std_ratio: float, min_rank: float) -> None:
+        self.every, self.min_std_ratio, self.min_rank = every, min_std_ratio, min_rank
+        self._last: torch.Tensor | None = None
+
+    def observe(self, out_BTD: torch.Tensor, keep_BT: torch.Tensor | None = None) -> None:
+        if not self.every:
+            return
+        out = out_BTD.detach()
+        if keep_BT is not None and not bool(keep_BT.all()):
+            out = out[keep_BT][:, None]  # (N, 1, D): the real tokens, one per "sample"
+        self._last = out
+
+    def __call__(self, step: int) -> dict[str, float]:
+        if not self.every or step % self.every or self._last is None:
+            return {}
+        stats = collapse_stats(self._last)
+        check_collapse(stats, step, self.min_std_ratio, self.min_rank)
+        return {f"collapse/{k}": v for k, v in stats.items()}

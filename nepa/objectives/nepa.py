@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from nepa.batch import Batch
 from nepa.encoders.base import Encoder
+from nepa.objectives.backbone import TokenBackbone
 from nepa.objectives.base import OBJECTIVES, Objective, ObjectiveConfig
-from nepa.objectives.monitor import check_collapse, collapse_stats
+from nepa.objectives.monitor import CollapseMonitor
 from nepa.predictor.transformer import Predictor
 
 
@@ -37,11 +39,28 @@ class NepaConfig(ObjectiveConfig):
     collapse_rank: float = Field(1.5, description="warn when the effective rank falls below this")
 
 
-def prediction_target(h_BT1D: torch.Tensor, z_BTD: torch.Tensor, shift: bool, stop_grad: bool):
-    """Pair each prediction with its target. Returns (p, t), both (B, T, D)."""
-    p = h_BT1D[:, :-1] if shift else h_BT1D[:, 1:]
-    t = z_BTD.detach() if stop_grad else z_BTD  # stop-gradient on the target path only
-    return p, t
+def prediction_target(
+    h_BSD: torch.Tensor,
+    z_BTD: torch.Tensor,
+    keep_BT: torch.Tensor | None,
+    *,
+    shift: bool,
+    stop_grad: bool,
+    start_token: bool,
+):
+    """Pair each prediction with its target. Returns (p, t, keep), p and t (B, T', D).
+
+    With a start token, h is (B, T+1, D) and the output at s, z_1..z_{T-1} predicts z_1..z_T.
+    Without one, h is (B, T, D) and the output at z_1..z_{T-1} predicts z_2..z_T.
+    ``shift=False`` pairs each output with the embedding at its own position instead.
+    """
+    t = z_BTD.detach() if stop_grad else z_BTD  # THE stop-gradient: on the target path only
+    if start_token:
+        p = h_BSD[:, :-1] if shift else h_BSD[:, 1:]
+        return p, t, keep_BT
+    if not shift:
+        return h_BSD, t, keep_BT
+    return h_BSD[:, :-1], t[:, 1:], None if keep_BT is None else keep_BT[:, 1:]
 
 
 def nepa_loss(
@@ -64,31 +83,34 @@ class Nepa(Objective):
         self.cfg = cfg
         self.encoder = encoder
         self.predictor = predictor
-        self._last_p: torch.Tensor | None = None
+        self.collapse = CollapseMonitor(cfg.monitor_every, cfg.collapse_std, cfg.collapse_rank)
 
-    def forward(self, x) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        tok = self.encoder(x)
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        tok = self.encoder(batch)
         h = self.predictor(tok.emb, tok.coords, tok.grid, tok.keep)
-        p, t = prediction_target(h, tok.emb, self.cfg.shift, self.cfg.stop_grad)
-        loss = nepa_loss(p, t, tok.keep)
-        self._last_p = p.detach()
-        return loss, {"loss": loss.detach(), "tokens": float(p.shape[0] * p.shape[1])}
+        p, t, keep = prediction_target(
+            h,
+            tok.emb,
+            tok.keep,
+            shift=self.cfg.shift,
+            stop_grad=self.cfg.stop_grad,
+            start_token=self.predictor.has_start_token,
+        )
+        loss = nepa_loss(p, t, keep)
+        self.collapse.observe(p, keep)
+        n_tok = float(p.shape[0] * p.shape[1]) if keep is None else keep.sum()
+        return loss, {"tokens": n_tok}
+
+    def on_step_start(self, step: int, seed: int) -> None:
+        self.predictor.set_step_seed(seed)  # RoPE's train-time coordinate rescale
 
     def monitor(self, step: int) -> dict[str, float]:
         """Every ``monitor_every`` steps: collapse statistics of the last forward's predictions,
         with a loud warning when they look collapsed."""
-        every = self.cfg.monitor_every
-        if not every or step % every or self._last_p is None:
-            return {}
-        stats = collapse_stats(self._last_p)
-        check_collapse(stats, step, self.cfg.collapse_std, self.cfg.collapse_rank)
-        return stats
+        return self.collapse(step)
 
-    @torch.no_grad()
-    def features(self, x, *, layers: list[int], attn: str | None = None):
-        tok = self.encoder(x)
-        outs = self.predictor(
-            tok.emb, tok.coords, tok.grid, tok.keep, attn=attn, return_layers=layers
-        )
-        # (B, T, D) patch-token outputs per layer, the tokens, and the start token's (B, D)
-        return [o[:, 1:] for o in outs], tok, [o[:, 0] for o in outs]
+    def no_weight_decay(self) -> set[str]:
+        return {f"predictor.{n}" for n in self.predictor.no_weight_decay()}
+
+    def backbone(self) -> TokenBackbone:
+        return TokenBackbone(self.encoder, self.predictor)

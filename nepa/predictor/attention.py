@@ -29,11 +29,17 @@ class MaskSpec:
             rest is causal).
     prefix: number of leading tokens in the bidirectional prefix (prefix mode only).
     keep:   optional (B, T) bool, False for padding keys.
+    see_self: with ``keep``, every query may still see its own key, padding or not. A query
+            whose keys are all padding (e.g. a padded first token under causal attention with
+            no start token) would otherwise softmax over nothing to NaN, and 0 * NaN in the next
+            layer's ``probs @ v`` would spread it to real tokens. Real queries never see a
+            padding key either way.
     """
 
     mode: MaskMode
     prefix: int = 0
     keep: torch.Tensor | None = None
+    see_self: bool = False
 
     def dense(self, T: int, device: torch.device) -> torch.Tensor | None:
         """(B or 1, 1, T, T) bool, True = may attend; None when no mask is needed."""
@@ -44,7 +50,9 @@ class MaskSpec:
                 allowed[: self.prefix, : self.prefix] = True
             allowed = allowed[None, None]
         if self.keep is not None:
-            k = self.keep[:, None, None, :]
+            k = self.keep[:, None, None, :]  # (B, 1, 1, T)
+            if self.see_self:
+                k = k | torch.eye(T, dtype=torch.bool, device=device)  # (B, 1, T, T)
             allowed = k if allowed is None else allowed & k
         return allowed
 

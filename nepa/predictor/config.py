@@ -12,8 +12,13 @@ from nepa.schema import Config
 class PredictorConfig(Config):
     """The causal transformer predictor.
 
-    mask: ``causal`` is NEPA; ``bidirectional`` is the paper's ablation (expected to degrade);
-    ``prefix`` lets the start token plus the first ``prefix_len`` tokens see each other.
+    attn: ``causal`` is NEPA; ``bidirectional`` is the paper's ablation (expected to degrade);
+    ``prefix`` lets the start token (if any) plus the first ``prefix_len`` tokens see each other.
+    start_token: put a learned token in front of the sequence (outputs ``(B, T + 1, D)``, the
+    start token at index 0); off, the outputs are ``(B, T, D)``, one per input token.
+    RoPE splits each head over the grid axes (``floor(Dh / (2A))`` channel pairs per axis, the
+    rest unrotated), so the only constraint it adds, ``Dh >= 2A``, is checked when the
+    predictor is built for an A-axis encoder.
     """
 
     dim: int = 192
@@ -31,6 +36,7 @@ class PredictorConfig(Config):
     prefix_len: int = 0
     attn_backend: Literal["auto", "xformers", "sdpa"] = "auto"
     qkv_bias: bool = True
+    start_token: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> PredictorConfig:
@@ -41,7 +47,9 @@ class PredictorConfig(Config):
         if not 0.0 <= self.drop_path < 1.0:
             raise ValueError("drop_path must be in [0, 1)")
         if self.attn == "prefix" and self.prefix_len <= 0:
-            raise ValueError("attn='prefix' needs prefix_len > 0 (tokens after the start token)")
+            raise ValueError(
+                "attn='prefix' needs prefix_len > 0 (tokens, not counting the start token)"
+            )
         if self.attn != "prefix" and self.prefix_len:
             raise ValueError("prefix_len is only used with attn='prefix'; set it to 0")
         if self.rope_rescale is not None and not 0 < self.rope_rescale[0] <= self.rope_rescale[1]:

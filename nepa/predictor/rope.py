@@ -1,8 +1,10 @@
 """N-D rotary position embedding over integer grid coordinates.
 
-The head dimension is split evenly across the A grid axes; on each axis the coordinates of
-patch centres are normalised to [-1, 1] and rotate ``Dh / (2A)`` channel pairs with periods
-``theta ** (2 i / (Dh / A))`` (i = 0..Dh/(2A)-1), as in DINOv3 / the NEPA reference (theta 100).
+On each of the A grid axes the coordinates of patch centres are normalised to [-1, 1] and rotate
+``F = floor(Dh / (2A))`` channel pairs with periods ``theta ** (2 i / (2F))`` (i = 0..F-1), as in
+DINOv3 / the NEPA reference (theta 100). When ``2A`` does not divide Dh the ``Dh - 2AF`` channels
+left over are not rotated (V-JEPA 2's split, e.g. 3-D video with 64-wide heads: 3 x 20 rotated
+channels plus 4 unrotated ones); when it does, this is exactly the even split.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
 
 def normalized_coords(coords_TA: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-    """Integer cell indices -> patch-centre coordinates in [-1, 1]. (T, A) float."""
+    """Integer cell indices -> patch-centre coordinates in [-1, 1]: (T, A) -> (T, A) float, or
+    per sample (B, T, A) -> (B, T, A) float."""
     size = torch.tensor(grid, dtype=torch.float32, device=coords_TA.device)
     return (coords_TA.float() + 0.5) / size * 2.0 - 1.0
 
@@ -31,14 +35,22 @@ class RotaryND(nn.Module):
         rescale: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
-        if head_dim % (2 * n_axes):
+        n_freq = head_dim // (2 * n_axes)  # F: frequency pairs per axis
+        if n_freq == 0:
             raise ValueError(
-                f"RoPE over {n_axes} axes needs a head dim divisible by {2 * n_axes}, got {head_dim}: "
-                "change predictor.dim or predictor.heads"
+                f"RoPE over {n_axes} axes needs a head dim of at least {2 * n_axes} (one channel "
+                f"pair per axis), got {head_dim}: raise predictor.dim or lower predictor.heads"
             )
+        if head_dim % 2:  # rotate-half pairs channel j with j + Dh/2
+            raise ValueError(
+                f"RoPE needs an even head dim, got {head_dim}: change predictor.dim or "
+                "predictor.heads"
+            )
+        self.head_dim = head_dim
         self.n_axes = n_axes
-        self.per_axis = head_dim // n_axes  # channels per axis (even)
-        n_freq = self.per_axis // 2
+        self.per_axis = 2 * n_freq  # rotated channels per axis (even)
+        # Zero angles for the channel pairs no axis gets: cos 1, sin 0, an exact identity.
+        self.n_unrotated = head_dim - n_axes * self.per_axis
         periods = theta ** (2 * torch.arange(n_freq, dtype=torch.float32) / self.per_axis)
         self.register_buffer("periods", periods, persistent=False)
         self.rescale = rescale
@@ -57,7 +69,10 @@ class RotaryND(nn.Module):
         return math.exp(u.item())
 
     def tables(self, pos_TA: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """pos_TA: (T, A) or (B, T, A) float coordinates -> cos, sin of shape (..., T, 1, Dh)."""
+        """pos_TA: (T, A) or (B, T, A) float coordinates -> cos, sin of shape (..., T, 1, Dh).
+
+        Channel layout (rotate-half): pair (j, Dh/2 + j) turns by axis ``j // F``'s angle
+        ``i = j % F`` for j < A*F; pairs with A*F <= j < Dh/2 are not rotated."""
         if self.training and self.rescale is not None:
             # One log-uniform scale per step, like the reference's train-time coordinate jitter;
             # outside the trainer (no step seed) a fresh one per call from the global RNG.
@@ -65,6 +80,8 @@ class RotaryND(nn.Module):
             pos_TA = pos_TA * s
         angles = 2 * math.pi * pos_TA[..., None] / self.periods  # (..., T, A, F)
         angles = angles.flatten(-2)  # (..., T, A*F): axis-major blocks
+        if self.n_unrotated:  # skipped when 2A divides Dh, so those tables stay bit-identical
+            angles = F.pad(angles, (0, self.n_unrotated // 2))  # (..., T, Dh/2)
         angles = torch.cat([angles, angles], dim=-1)  # (..., T, Dh) rotate-half layout
         return angles.cos()[..., None, :], angles.sin()[..., None, :]
 

@@ -1,8 +1,9 @@
 """The predictor: one pre-norm transformer over any modality's tokens.
 
-Input is the encoder's ``(B, T, D)`` embeddings plus their grid coordinates; a learned start
-token is put in front, so the output is ``(B, T + 1, D)`` after the final norm. Position enters
-only through N-D RoPE on q/k.
+Input is the encoder's ``(B, T, D)`` embeddings plus their grid coordinates (``(T, A)`` shared
+by the batch, or ``(B, T, A)`` per sample); by default a learned start token is put in front, so
+the output is ``(B, T + 1, D)`` after the final norm (``(B, T, D)`` with
+``predictor.start_token=false``). Position enters only through N-D RoPE on q/k.
 """
 
 from __future__ import annotations
@@ -151,15 +152,22 @@ class Block(nn.Module):
 
 
 class Predictor(nn.Module):
-    """Causal (or bidirectional / prefix) transformer with a learned start token.
+    """Causal (or bidirectional / prefix) transformer, by default with a learned start token.
 
-    forward(emb (B,T,D), coords (T,A), grid, keep (B,T) | None) -> (B, T+1, D), final-normed.
+    forward(emb (B,T,D), coords (T,A) or (B,T,A), grid, keep (B,T) | None) -> (B, S, D),
+    final-normed, with S = T + 1 (start token at index 0) or S = T when ``cfg.start_token`` is
+    off.
     """
+
+    start_token: nn.Parameter | None
 
     def __init__(self, cfg: PredictorConfig, n_axes: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.start_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        if cfg.start_token:
+            self.start_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        else:  # the attribute exists (None), but no parameter or state-dict key does
+            self.register_parameter("start_token", None)
         dpr = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(Block(cfg, p) for p in dpr)
         self.norm = nn.LayerNorm(cfg.dim)
@@ -170,15 +178,53 @@ class Predictor(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.normal_(self.start_token, std=0.02)
+        if self.start_token is not None:
+            nn.init.normal_(self.start_token, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    @property
+    def has_start_token(self) -> bool:
+        """Whether outputs (and attention maps) carry a start token at index 0."""
+        return self.start_token is not None
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks."""
+        return len(self.blocks)
+
+    @property
+    def dim(self) -> int:
+        """Width D of inputs and outputs."""
+        return self.cfg.dim
+
+    @property
+    def heads(self) -> int:
+        """Attention heads per block."""
+        return self.cfg.heads
+
     def no_weight_decay(self) -> set[str]:
-        return {"start_token"}
+        return {"start_token"} if self.has_start_token else set()
+
+    def set_step_seed(self, seed: int) -> None:
+        """Fix this optimizer step's RoPE coordinate rescale from ``seed`` (see
+        :meth:`RotaryND.set_step_seed`); a no-op without RoPE or without ``rope_rescale``."""
+        if self.rope is not None:
+            self.rope.set_step_seed(seed)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Re-set block i's drop-path probability to ``linspace(0, rate, depth)[i]``, as a fresh
+        build with ``drop_path=rate`` would (e.g. to fine-tune a copy with stochastic depth);
+        ``cfg`` is updated to match."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop-path rate must be in [0, 1), got {rate}")
+        dpr = torch.linspace(0, rate, self.depth).tolist()
+        for blk, p in zip(self.blocks, dpr, strict=True):
+            blk.drop_path.p = p
+        self.cfg = self.cfg.model_copy(update={"drop_path": rate})
 
     def set_backend(self, device: torch.device) -> ResolvedBackend:
         """Resolve the attention backend once for ``device`` and log why."""
@@ -190,17 +236,31 @@ class Predictor(nn.Module):
         return self.resolved
 
     def mask_spec(self, keep_BT: torch.Tensor | None, mode: str | None = None) -> MaskSpec:
-        if keep_BT is not None:  # the start token is always real
+        """The mask over the S positions :meth:`forward` attends over (start token first when
+        there is one). ``keep_BT``: (B, T) bool, True = real token."""
+        n_start = int(self.has_start_token)
+        if keep_BT is not None and n_start:  # the start token is always real
             keep_BT = F.pad(keep_BT, (1, 0), value=True)
-        return MaskSpec(mode or self.cfg.attn, 1 + self.cfg.prefix_len, keep_BT)
+        # With a start token every query sees at least that real key; without one a query
+        # may have only padding keys, so let each query see itself (see MaskSpec.see_self).
+        return MaskSpec(
+            mode or self.cfg.attn,
+            n_start + self.cfg.prefix_len,
+            keep_BT,
+            see_self=not n_start,
+        )
 
-    def rope_tables(self, coords_TA: torch.Tensor, grid: tuple[int, ...]):
+    def rope_tables(
+        self, coords_TA: torch.Tensor, grid: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """cos, sin for every position: (S, 1, Dh) from shared coords (T, A), or (B, S, 1, Dh)
+        from per-sample coords (B, T, A); None without RoPE."""
         if self.rope is None:
             return None
-        cos, sin = self.rope.tables(normalized_coords(coords_TA, grid))  # (T, 1, Dh)
-        # The start token gets angle 0 (an identity rotation).
-        cos = F.pad(cos, (0, 0, 0, 0, 1, 0), value=1.0)
-        sin = F.pad(sin, (0, 0, 0, 0, 1, 0), value=0.0)
+        cos, sin = self.rope.tables(normalized_coords(coords_TA, grid))  # (..., T, 1, Dh)
+        if self.has_start_token:  # the start token gets angle 0 (an identity rotation)
+            cos = F.pad(cos, (0, 0, 0, 0, 1, 0), value=1.0)
+            sin = F.pad(sin, (0, 0, 0, 0, 1, 0), value=0.0)
         return cos, sin
 
     def forward(
@@ -212,8 +272,11 @@ class Predictor(nn.Module):
         attn: str | None = None,
         return_layers: list[int] | None = None,
     ):
-        """Returns (B, T+1, D) final-normed outputs, or with ``return_layers`` a list of the
-        final-normed outputs after each requested block (1-based; ``depth`` = the last)."""
+        """Returns (B, S, D) final-normed outputs (S = T + 1 with the start token at index 0,
+        or S = T without one), or with ``return_layers`` a list of the final-normed outputs
+        after each requested block (1-based; ``depth`` = the last). ``coords_TA`` is (T, A)
+        shared by the batch or (B, T, A) per sample."""
+        self._check_coords(emb_BTD, coords_TA, grid)
         x = self._with_start(emb_BTD)
         rope = self.rope_tables(coords_TA, grid)
         mask = self.mask_spec(keep_BT, attn)
@@ -237,16 +300,18 @@ class Predictor(nn.Module):
         layer: int,
         attn: str | None = None,
     ) -> torch.Tensor:
-        """Attention probabilities of block ``layer`` (1-based), per head: (B, H, T+1, T+1).
+        """Attention probabilities of block ``layer`` (1-based), per head: (B, H, S, S), with
+        S = T + 1 (index 0 on both axes is the start token) or S = T without a start token.
 
-        Index 0 on both query and key axes is the start token; the rest are tokens in the
-        order given (scan order). Recomputed from the block's own q/k path (QK-norm, RoPE) with
-        the same mask as :meth:`forward`, so ``weights @ v`` is what the kernel computes.
+        The other positions are tokens in the order given (scan order). Recomputed from the
+        block's own q/k path (QK-norm, RoPE) with the same mask as :meth:`forward`, so
+        ``weights @ v`` is what the kernel computes. ``coords_TA``: (T, A) or (B, T, A).
         """
         if not 1 <= layer <= len(self.blocks):
             raise ValueError(
                 f"layer {layer} is out of range: this predictor has blocks 1..{len(self.blocks)}"
             )
+        self._check_coords(emb_BTD, coords_TA, grid)
         x = self._with_start(emb_BTD)
         rope = self.rope_tables(coords_TA, grid)
         mask = self.mask_spec(keep_BT, attn)
@@ -255,7 +320,27 @@ class Predictor(nn.Module):
         blk = self.blocks[layer - 1]
         return blk.attn.weights(blk.norm1(x), rope, mask)
 
+    def _check_coords(
+        self, emb_BTD: torch.Tensor, coords: torch.Tensor, grid: tuple[int, ...]
+    ) -> None:
+        """Shape checks only (no device sync): a wrong layout could otherwise broadcast."""
+        B, T, _ = emb_BTD.shape
+        A = len(grid)
+        if coords.shape not in ((T, A), (B, T, A)):
+            raise ValueError(
+                f"coords must be (T={T}, A={A}) shared by the batch or (B={B}, T={T}, A={A}) "
+                f"per sample, got {tuple(coords.shape)}"
+            )
+        if self.rope is not None and self.rope.n_axes != A:
+            raise ValueError(
+                f"this predictor's RoPE was built for {self.rope.n_axes} grid axes, got a "
+                f"{A}-axis grid {grid}"
+            )
+
     def _with_start(self, emb_BTD: torch.Tensor) -> torch.Tensor:
-        """[s, z_1..z_T]: (B, T+1, D)."""
+        """[s, z_1..z_T]: (B, T+1, D); the embeddings themselves (B, T, D) without a start
+        token."""
+        if self.start_token is None:
+            return emb_BTD
         start = self.start_token.expand(emb_BTD.shape[0], -1, -1).to(emb_BTD.dtype)
         return torch.cat([start, emb_BTD], dim=1)

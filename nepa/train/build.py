@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def build_objective(cfg: RunConfig) -> Objective:
     """Encoder -> predictor -> objective, on the CPU, with seeded initialisation."""
     torch.manual_seed(cfg.seed)
-    encoder = build_encoder(cfg.encoder, dim=cfg.predictor.dim, sample_shape=cfg.data.sample_shape)
+    encoder = build_encoder(cfg.encoder, dim=cfg.predictor.dim, fields=cfg.data.fields)
     predictor = Predictor(cfg.predictor, n_axes=encoder.n_axes)
     return OBJECTIVES.get(cfg.objective.kind)(cfg.objective, encoder=encoder, predictor=predictor)
 
@@ -33,23 +33,29 @@ def place(objective: Objective, device: torch.device) -> ResolvedBackend:
     return resolved
 
 
-def resolve_precision(requested: str, device: torch.device) -> tuple[bool, str]:
-    """-> (use bf16 autocast, reason). Resolved once per run and logged."""
-    native_cpu_bf16 = (
-        device.type == "cpu"
-        and torch.backends.mkldnn.is_available()
-        and bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+def native_cpu_bf16() -> bool:
+    """True when PyTorch's oneDNN check says this CPU runs bf16 matmul natively."""
+    return torch.backends.mkldnn.is_available() and bool(
+        getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
     )
+
+
+def resolve_precision(requested: str, device: torch.device) -> tuple[bool, str]:
+    """-> (use bf16 autocast, reason). Resolved once per run and logged.
+
+    ``auto`` is bf16 autocast on CUDA and fp32 on every CPU: even with native bf16 matmul (AMX),
+    the demo model's training step measured 1.43x slower in bf16 than in fp32 on a 2-core CPU."""
     if requested == "fp32":
         return False, "requested"
     if requested == "bf16":
-        if device.type == "cpu" and not native_cpu_bf16:
+        if device.type == "cpu" and not native_cpu_bf16():
             log.warning(
                 "bf16 requested on a CPU without native bf16 matmul: expect it to be much slower than fp32"
             )
         return True, "requested"
     if device.type == "cuda":
         return True, "auto: CUDA"
-    if native_cpu_bf16:
-        return True, "auto: CPU with native bf16"
-    return False, "auto: this CPU has no native bf16 matmul (bf16 would be far slower than fp32)"
+    return False, (
+        "auto: fp32 on CPU (bf16 autocast measured slower on 2-core CPUs; `nepa bench step` "
+        "compares both; set train.precision=bf16 to force it)"
+    )

@@ -6,7 +6,7 @@ never arbitrary pickled objects.
 
 from __future__ import annotations
 
-import os
+import os  # noqa: F401  (tests/train/test_checkpoint.py patches ckpt.os.replace)
 import random
 import re
 from pathlib import Path
@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from nepa.io import atomic_open
 
 
 class CheckpointError(RuntimeError):
@@ -50,12 +52,8 @@ def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int)
     """Write ``step_XXXXXXXX.pt`` atomically, then prune all but the newest ``keep``."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:08d}.pt"
-    tmp = ckpt_dir / f".{final.name}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_open(final) as f:  # a reader sees the old file or the whole new one
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)  # atomic on POSIX: a reader sees the old file or the whole new one
     for old in list_checkpoints(ckpt_dir)[:-keep]:
         old.unlink()
     return final

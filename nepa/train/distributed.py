@@ -12,6 +12,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from nepa.device import pick_device
+
 log = logging.getLogger(__name__)
 
 
@@ -29,17 +31,6 @@ class DistEnv:
     @property
     def active(self) -> bool:
         return self.world > 1
-
-
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                "train.device='cuda' but no CUDA device is visible; use 'cpu' or 'auto'"
-            )
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def init_distributed(device_request: str) -> DistEnv:

@@ -1,49 +1,61 @@
-"""AdamW parameter groups and the learning-rate schedule (a pure function of the step)."""
+"""AdamW over the objective's parameter groups, and the learning-rate schedule (a pure function
+of numbers: step, peak, warm-up, total, floor)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
+from pydantic import Field
 
-from nepa.config import OptimConfig
-
-
-def no_decay_names(model: nn.Module) -> set[str]:
-    """Full names of parameters that get no weight decay: norms, biases (ndim < 2) and any
-    parameter a submodule lists in ``no_weight_decay()`` (e.g. the start token)."""
-    names = {n for n, p in model.named_parameters() if p.ndim < 2}
-    for prefix, module in model.named_modules():
-        fn = getattr(module, "no_weight_decay", None)
-        if callable(fn):
-            names |= {f"{prefix}.{n}" if prefix else n for n in fn()}
-    return names
+from nepa.schema import Config
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    skip = no_decay_names(model)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if name in skip else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+class OptimConfig(Config):
+    """AdamW with a cosine schedule. ``lr`` is the peak rate (the reference scales 3e-4 by
+    batch/256); norms, biases and the start token get no weight decay."""
+
+    lr: float = Field(1.5e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup: float = Field(
+        0.025, ge=0, description="warm-up length: a fraction of steps (<1) or a step count (>=1)"
+    )
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    clip_grad: float | None = Field(1.0, description="max global grad norm; null disables")
+
+
+def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (from ``objective.param_groups``); each group keeps its
+    ``lr_scale``, which :func:`set_lr` multiplies into the scheduled rate."""
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
-def warmup_steps(cfg: OptimConfig, total_steps: int) -> int:
-    return int(round(cfg.warmup * total_steps)) if cfg.warmup < 1 else int(cfg.warmup)
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The scheduled ``lr`` times each group's ``lr_scale`` (1.0 when a group has none)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Linear warm-up to ``cfg.lr`` then cosine decay to ``cfg.lr * min_lr_ratio``.
-    ``step`` counts optimizer steps already taken (0 for the first)."""
-    warm = warmup_steps(cfg, total_steps)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total_steps - warm)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def warmup_steps(warmup: float, total_steps: int) -> int:
+    """A warm-up given as a fraction of the steps (< 1) or a step count (>= 1), in steps."""
+    return int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
+
+
+def lr_at(step: int, *, peak: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps to ``peak``, then cosine decay to
+    ``peak * min_ratio`` at ``total``. ``step`` counts optimizer steps already taken."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = peak * min_ratio
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def schedule(cfg: OptimConfig, total: int):
+    """``step -> lr`` of a run with this optim config and ``total`` steps."""
+    warm = warmup_steps(cfg.warmup, total)
+    return lambda step: lr_at(
+        step, peak=cfg.lr, warmup=warm, total=total, min_ratio=cfg.min_lr_ratio
+    )

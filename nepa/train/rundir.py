@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 import nepa
+from nepa.io import atomic_path, atomic_write_text
 
 CONFIG = "config.json"
 META = "meta.json"
@@ -27,7 +28,7 @@ class RunDir:
 
     def write_start(self, config: dict[str, Any], meta: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write_text(self.path / CONFIG, json.dumps(config, indent=2) + "\n")
         meta = {
             "nepa_version": nepa.__version__,
             "torch_version": torch.__version__,
@@ -36,7 +37,7 @@ class RunDir:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **meta,
         }
-        (self.path / META).write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(self.path / META, json.dumps(meta, indent=2) + "\n")
 
     def log(self, record: dict[str, Any]) -> None:
         with open(self.path / METRICS, "a") as f:
@@ -79,7 +80,8 @@ def export_weights(model: torch.nn.Module, run_dir: Path, name: str = "model.saf
     """The final weights as safetensors (atomic), for evaluation and for users' own code."""
     from safetensors.torch import save_file
 
-    final, tmp = run_dir / name, run_dir / f".{name}.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(final)
+    final = run_dir / name
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(final) as tmp:
+        save_file(weights, str(tmp))
     return final

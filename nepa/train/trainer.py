@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -15,10 +16,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from nepa.batch import batch_size, to_device
 from nepa.config import RunConfig
 from nepa.data.base import build_dataset
 from nepa.data.loader import TrainLoader, train_loader
-from nepa.data.shards.health import BadDataError, DataHealth, Totals
+from nepa.data.shards.health import BadDataError
 from nepa.train.build import build_objective, place, resolve_precision
 from nepa.train.checkpoint import (
     CheckpointError,
@@ -37,7 +39,7 @@ from nepa.train.distributed import (
     no_sync,
     wrap_model,
 )
-from nepa.train.optim import build_optimizer, lr_at
+from nepa.train.optim import build_optimizer, schedule, set_lr
 from nepa.train.rundir import RunDir, export_weights
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,12 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def step_seed(run_seed: int, step: int) -> int:
+    """The seed of step ``step``'s randomness: a pure function of (run seed, step), the same on
+    every rank, micro-batch split and resume."""
+    return (run_seed * 1_000_003 + step) % (2**63)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, out: Path, env: DistEnv, recipe: str | None) -> None:
         self.cfg, self.env, self.recipe = cfg, env, recipe
@@ -95,15 +103,15 @@ class Trainer:
             "precision: %s (%s)", "bf16 autocast" if self.bf16 else "fp32", self.precision_reason
         )
         self.model = wrap_model(self.objective, env)
-        self.optimizer = build_optimizer(self.objective, cfg.optim)
+        self.optimizer = build_optimizer(self.objective.param_groups(cfg.optim), cfg.optim)
+        self.lr_at = schedule(cfg.optim, cfg.train.steps)
         self.dataset = build_dataset(cfg.data, split="train", train=True)
         self.step = 0
         self._stop_requested = False
         self._loader: TrainLoader | None = None
-        self.health: DataHealth | None = None
         self._restored_health: dict = {}
         self._saved_health: dict = {}
-        self._data_fatal: str | None = None
+        self._metric_names: list[str] | None = None  # fixed by the objective's first step
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -143,14 +151,18 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def save(self) -> None:
-        totals = self._data_totals()  # a collective, so before the rank-0-only write
-        self._saved_health = {} if totals is None else {"good": totals.good, "bad": totals.bad}
+        # A collective (the totals are summed over ranks), so before the rank-0-only write.
+        self._saved_health = self._loader.health_state(self._reduce_sum)
         if self.env.is_main:
             path = save_checkpoint(
                 self.run_dir.ckpt_dir, self.step, self.state(), self.cfg.train.keep_ckpts
             )
             log.info("checkpoint: %s", path)
         barrier()
+
+    def _reduce_sum(self, values: list[float]) -> list[float]:
+        v = torch.tensor(values, dtype=torch.float64, device=self.env.device)
+        return all_reduce(v, "sum").tolist()
 
     # -- loop --------------------------------------------------------------------------------
     def loader(self) -> TrainLoader:
@@ -210,6 +222,8 @@ class Trainer:
             "device": str(self.env.device),
             "precision": "bf16" if self.bf16 else "fp32",
             "precision_reason": self.precision_reason,
+            # What evaluation needs to rebuild the input transform without the data source.
+            "data_normalization": getattr(self.dataset, "normalization", None) or {},
         }
 
     def _on_sigterm(self, signum, frame) -> None:
@@ -220,10 +234,7 @@ class Trainer:
         t, total = self.cfg.train, self.cfg.train.steps
         result = TrainResult(step=self.step, run_dir=self.run_dir.path)
         self._loader = self.loader()
-        if self._loader.max_bad_fraction is not None:
-            self.health = DataHealth(self._loader.max_bad_fraction)
-            if self.env.is_main:  # the saved totals are over all ranks: add them once
-                self.health.restore(self._restored_health)
+        self._loader.restore_health(self._restored_health, self.env.is_main)
         batches = iter(self._loader)
         bar = tqdm(
             total=total,
@@ -233,31 +244,35 @@ class Trainer:
         )
         tick, samples, tokens = time.perf_counter(), 0, 0.0
         while self.step < total:
-            lr = lr_at(self.step, self.cfg.optim, total)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self._seed_step()
-            loss, n, ntok = self._accumulate(batches)
-            flags = torch.tensor(
-                [float(self._stop_requested), float(self._data_fatal is not None)],
-                device=loss.device,
-            )
-            loss_all, stop_all, fatal_all = all_reduce(
-                torch.cat([loss.reshape(1).float(), flags])
+            lr = self.lr_at(self.step)
+            set_lr(self.optimizer, lr)
+            self.objective.on_step_start(self.step, step_seed(self.cfg.seed, self.step))
+            loss, metrics, n = self._accumulate(batches)
+            flags = [float(self._stop_requested), float(self._loader.fatal is not None)]
+            reduced = all_reduce(
+                torch.cat([loss.reshape(1), metrics, torch.tensor(flags, device=loss.device)])
             ).tolist()
+            loss_all, stop_all, fatal_all = reduced[0], reduced[-2], reduced[-1]
+            step_metrics = dict(zip(self._metric_names, reduced[1:-2], strict=True))
             if fatal_all > 0:
                 self._stop_for_data()
-            if not torch.isfinite(torch.tensor(loss_all)):
+            if not math.isfinite(loss_all):
                 raise NonFiniteLossError(
                     f"loss is {loss_all} at step {self.step + 1}; stopping without saving, the last good "
                     f"checkpoint in {self.run_dir.ckpt_dir} is intact"
                 )
             grad_norm = self._optimizer_step()
             self.step += 1
+            self.objective.on_step_end(self.step)
             result.losses.append(loss_all)
             samples += n * self.env.world
-            tokens += ntok * self.env.world
-            if self.step % t.log_every == 0 or self.step == total:
+            tokens += step_metrics.get("tokens", 0.0) * t.accum * self.env.world
+            log_now = self.step % t.log_every == 0 or self.step == total
+            if log_now or self.step % self._loader.steps_per_epoch == 0:
+                data_metrics, summary = self._data_report()
+                if summary is not None and self.env.is_main:
+                    self.run_dir.log(summary)
+            if log_now:
                 dt = time.perf_counter() - tick
                 record = {
                     "step": self.step,
@@ -266,19 +281,23 @@ class Trainer:
                     "grad_norm": grad_norm,
                     "samples_per_s": samples / dt,
                     "tokens_per_s": tokens / dt,
+                    **step_metrics,
+                    **data_metrics,
                 }
-                record.update(self._data_check(epoch_end=False))
                 if self.env.is_main:
                     self.run_dir.log(record)
+                shown = {k: v for k, v in record.items() if k not in ("step", "lr", "grad_norm")}
                 bar.set_postfix(
-                    loss=f"{loss_all:.4f}",
-                    tok_s=f"{tokens / dt:,.0f}",
-                    smp_s=f"{samples / dt:,.0f}",
+                    {
+                        k.split("/")[-1]: f"{v:.4g}"
+                        for k, v in shown.items()
+                        if isinstance(v, int | float)
+                    }
                 )
+                if not (progress and self.env.is_main):
+                    log.info("step %d/%d: %s", self.step, total, _format(record))
                 tick, samples, tokens = time.perf_counter(), 0, 0.0
-            if self.health is not None and self.step % self._loader.steps_per_epoch == 0:
-                self._data_check(epoch_end=True)
-            stats = self._monitor()
+            stats = self.objective.monitor(self.step)
             if stats and self.env.is_main:
                 self.run_dir.log({"step": self.step, **stats})
             bar.update(1)
@@ -293,96 +312,64 @@ class Trainer:
             export_weights(self.objective, self.run_dir.path)
         return result
 
-    def _seed_step(self) -> None:
-        """Per-step randomness that must not depend on micro-batching, ranks or resumes (e.g.
-        RoPE's coordinate rescale) comes from modules' ``set_step_seed(seed)`` hooks, given a
-        seed that is a pure function of (run seed, step)."""
-        seed = (self.cfg.seed * 1_000_003 + self.step) % (2**63)
-        for m in self.objective.modules():
-            hook = getattr(m, "set_step_seed", None)
-            if callable(hook):
-                hook(seed)
-
-    def _accumulate(self, batches) -> tuple[torch.Tensor, int, float]:
-        """Forward/backward over ``accum`` micro-batches; returns (mean loss, samples, tokens)."""
+    def _accumulate(self, batches) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Forward/backward over ``accum`` micro-batches; returns (mean loss, the mean of each
+        metric the objective returned (in ``self._metric_names`` order), samples)."""
         accum, dev = self.cfg.train.accum, self.env.device
-        bf16 = self.bf16
-        total, n, ntok = torch.zeros((), device=dev), 0, 0.0
+        total, sums, n = torch.zeros((), device=dev), None, 0
         for micro in range(accum):
-            x, _, meta = next(batches)
-            if meta is not None:
-                self._data_meta(meta, self.step * accum + micro)
-            x = x.to(dev, non_blocking=True)
+            batch, meta = next(batches)
+            self._loader.observe(meta, self.step * accum + micro, self.env.rank)
+            batch = to_device(batch, dev, non_blocking=True)
             with (
                 no_sync(self.model, micro < accum - 1),
-                torch.autocast(dev.type, torch.bfloat16, enabled=bf16),
+                torch.autocast(dev.type, torch.bfloat16, enabled=self.bf16),
             ):
-                loss, metrics = self.model(x)
+                loss, metrics = self.model(batch)
                 (loss / accum).backward()
             total += loss.detach().float()
-            n += len(x)
-            ntok += float(metrics.get("tokens", 0))
-        return total / accum, n, ntok
+            values = self._metric_vector(metrics, dev)
+            sums = values if sums is None else sums + values
+            n += batch_size(batch)
+        return total / accum, sums / accum, n
 
-    def _data_meta(self, meta: dict, expected_micro: int) -> None:
-        """Take in a stream batch's report: counts, or the fatal flag of a failed loader."""
-        if meta.get("fatal") is not None:
-            if self._data_fatal is None:
-                log.error("data loader on rank %d failed: %s", self.env.rank, meta["fatal"])
-            self._data_fatal = meta["fatal"]
-            return
-        if meta["micro"] != expected_micro:
+    def _metric_vector(self, metrics: dict, dev: torch.device) -> torch.Tensor:
+        """The objective's metrics as one float tensor, names fixed by the first step (every
+        rank and micro-batch must return the same names: they are reduced together)."""
+        names = sorted(metrics)
+        if self._metric_names is None:
+            self._metric_names = names
+        elif names != self._metric_names:
             raise RuntimeError(
-                f"data stream out of order: got micro-batch {meta['micro']}, expected "
-                f"{expected_micro} (a DataLoader that does not hand batches out in order?)"
+                f"the objective returned metrics {names}, earlier {self._metric_names}: an "
+                "objective must return the same metric names at every step"
             )
-        if self.health is not None:
-            self.health.update(meta["good"], meta["bad"])
+        if not names:
+            return torch.zeros(0, device=dev)
+        return torch.stack(
+            [
+                torch.as_tensor(metrics[k], dtype=torch.float32, device=dev).detach().float()
+                for k in names
+            ]
+        )
+
+    def _data_report(self) -> tuple[dict, dict | None]:
+        """The source's health metrics and epoch summary (totals over all ranks, so every rank
+        saves and raises BadDataError at the same step)."""
+        try:
+            return self._loader.report(self.step, self._reduce_sum)
+        except BadDataError:
+            self.save()
+            raise
 
     def _stop_for_data(self) -> None:
         """A loader failed on some rank: drop this step's gradients, save, stop on every rank."""
         self.optimizer.zero_grad(set_to_none=True)
         self.save()
         raise BadDataError(
-            self._data_fatal
+            self._loader.fatal
             or "a data loader failed on another rank (its log says why); stopping every rank"
         )
-
-    def _data_totals(self) -> Totals | None:
-        """Bad-data counts summed over all ranks (a collective: call on every rank)."""
-        if self.health is None:
-            return None
-        v = torch.tensor(self.health.vector(), dtype=torch.float64, device=self.env.device)
-        return DataHealth.totals(all_reduce(v, "sum").tolist())
-
-    def _data_check(self, epoch_end: bool) -> dict:
-        """Metrics, the end-of-epoch summary and the bad-data limit, from totals over all ranks
-        (so every rank saves and raises BadDataError at the same step)."""
-        totals = self._data_totals()
-        if totals is None:
-            return {}
-        if epoch_end:
-            epoch = self.step // self._loader.steps_per_epoch - 1
-            worst = self.health.end_epoch()
-            kinds = {k: n for k, n in totals.epoch_bad.items() if n}
-            log.info(
-                "epoch %d done: %d bad sample(s) %s; run total %d bad of %d read (%.3f%%)%s",
-                epoch,
-                sum(kinds.values()),
-                kinds or "",
-                totals.n_bad,
-                totals.good + totals.n_bad,
-                100 * totals.fraction,
-                f"; worst shards on rank 0: {worst}" if worst else "",
-            )
-            if self.env.is_main:
-                self.run_dir.log({"step": self.step, "data/epoch": epoch, "data/epoch_bad": kinds})
-        try:
-            self.health.check(totals, force=epoch_end)
-        except BadDataError:
-            self.save()
-            raise
-        return totals.metrics()
 
     def _optimizer_step(self) -> float:
         clip = self.cfg.optim.clip_grad
@@ -396,7 +383,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    def _monitor(self) -> dict:
-        fn = getattr(self.objective, "monitor", None)
-        stats = fn(self.step) if fn is not None else {}
-        return {f"collapse/{k}": v for k, v in stats.items()}
+
+def _format(record: dict) -> str:
+    """One log line: ``loss=-0.1234 lr=0.001 ...``."""
+    return " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in record.items()
+        if k != "step"
+    )

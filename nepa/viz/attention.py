@@ -43,28 +43,28 @@ def attention_maps(
 
     ``attn`` None uses the run's own mask; ``head`` None averages the heads.
     """
-    mode = attn or model.cfg.predictor.attn
-    n_heads = model.cfg.predictor.heads
+    mode = attn or model.backbone.attn
+    n_heads = model.backbone.heads
     if head is not None and not 0 <= head < n_heads:
         raise VizError(f"head {head} is out of range: this run has heads 0..{n_heads - 1}")
-    tok = model.encoder(x_CHW[None])
-    attn_HSS = model.predictor.attention_maps(
-        tok.emb, tok.coords, tok.grid, tok.keep, layer=layer, attn=mode
-    )[0]  # (heads, T+1, T+1), index 0 = start token
+    weights, allowed, tok, lead = model.backbone.attention_maps(
+        model.batch(x_CHW), layer=layer, attn=mode
+    )
+    attn_HSS = weights[0]  # (heads, S, S); the first ``lead`` positions are not tokens
     attn_SS = attn_HSS.mean(0) if head is None else attn_HSS[head]
     steps = [token_index(tok.coords, c) for c in cells]
-    rows = torch.tensor(steps) + 1  # query rows, past the start token
+    rows = torch.tensor(steps) + lead  # query rows, past a start token
     S = attn_SS.shape[0]
-    allowed = model.predictor.mask_spec(tok.keep, mode).dense(S, attn_SS.device)
-    visible_QT = torch.ones(len(rows), S - 1, dtype=torch.bool)
+    visible_QT = torch.ones(len(rows), S - lead, dtype=torch.bool)
     if allowed is not None:
-        visible_QT = allowed[0, 0][rows, 1:]
-    keys_QT = attn_SS[rows, 1:].masked_fill(~visible_QT, float("nan"))
+        visible_QT = allowed[rows, lead:]
+    keys_QT = attn_SS[rows, lead:].masked_fill(~visible_QT, float("nan"))
+    start_Q = attn_SS[rows, 0] if lead else torch.zeros(len(rows))
     return AttentionMaps(
         cells=list(cells),
         steps=steps,
         maps_QHW=to_grid(keys_QT, tok.coords, tok.grid),
-        start_Q=attn_SS[rows, 0],
+        start_Q=start_Q,
         layer=layer,
         attn=mode,
         head=head,

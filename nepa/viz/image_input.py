@@ -78,7 +78,8 @@ def _split_item(cfg: ImageDataConfig, split: str, index: int) -> ImageInput:
         raise VizError(f"cannot load split {split!r} of the run's data: {e}") from None
     if not 0 <= index < len(ds):
         raise VizError(f"{split}:{index} is out of range: split {split!r} has {len(ds)} items")
-    x_CHW, label = ds[index]
+    item = ds[index]
+    x_CHW, label = item["image"], int(item["label"])
     return ImageInput(
         x_CHW,
         display_pixels(x_CHW, run_eval_transform(cfg, ds)),

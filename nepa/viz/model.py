@@ -1,16 +1,18 @@
-"""Load a run for visualisation: an image model whose objective has an encoder and a predictor."""
+"""Load a run for visualisation: a 2-D image model, read through its objective's backbone."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from nepa.batch import Batch, placeholder_batch
 from nepa.config import ConfigError, RunConfig
 from nepa.data.images import ImageDataConfig
-from nepa.encoders.base import Encoder
 from nepa.eval.load import load_run
+from nepa.objectives.backbone import Backbone
 from nepa.objectives.base import Objective
-from nepa.predictor.transformer import Predictor
 from nepa.train.checkpoint import CheckpointError
 
 
@@ -21,16 +23,16 @@ class VizError(ValueError):
 
 @dataclass
 class VizModel:
-    """A run in eval mode, with the parts the pictures need."""
+    """A run in eval mode, with the backbone the pictures read and its token grid."""
 
     cfg: RunConfig
     objective: Objective
-    encoder: Encoder
-    predictor: Predictor
+    backbone: Backbone
+    grid: tuple[int, ...]
 
     @property
     def depth(self) -> int:
-        return len(self.predictor.blocks)
+        return self.backbone.depth
 
     def layer(self, layer: int | None) -> int:
         """The 1-based block to show: ``None`` -> the last; out of range -> VizError."""
@@ -39,6 +41,10 @@ class VizModel:
         if not 1 <= layer <= self.depth:
             raise VizError(f"layer {layer} is out of range: this run has layers 1..{self.depth}")
         return layer
+
+    def batch(self, x_CHW: torch.Tensor) -> Batch:
+        """One image as a batch of one."""
+        return {"image": x_CHW[None]}
 
 
 def load_viz_model(run_dir: Path, *, random_init: bool = False) -> VizModel:
@@ -52,17 +58,20 @@ def load_viz_model(run_dir: Path, *, random_init: bool = False) -> VizModel:
 
 
 def image_model(cfg: RunConfig, objective: Objective) -> VizModel:
-    """Check that the run is a 2-D image model with an encoder and a predictor; eval mode."""
-    encoder = getattr(objective, "encoder", None)
-    predictor = getattr(objective, "predictor", None)
-    if not isinstance(encoder, Encoder) or not isinstance(predictor, Predictor):
-        raise VizError(
-            f"objective {cfg.objective.kind!r} has no `encoder` + `predictor` pair to visualise"
-        )
-    if not isinstance(cfg.data, ImageDataConfig) or encoder.n_axes != 2:
+    """Check that the run is a 2-D image model with a backbone; eval mode."""
+    try:
+        backbone = objective.backbone()
+    except NotImplementedError as e:
+        raise VizError(str(e)) from None
+    objective.eval()  # also: no train-time RoPE coordinate rescaling
+    grid = ()
+    if isinstance(cfg.data, ImageDataConfig):
+        with torch.no_grad():
+            grid = backbone(placeholder_batch(cfg.data.fields, 1), layers=[1]).grid
+    if len(grid) != 2:
         raise VizError(
             "nepa viz draws 2-D image models only; this run has encoder "
-            f"{cfg.encoder.kind!r} over {encoder.n_axes} grid axes and data {cfg.data.kind!r}"
+            f"{cfg.encoder.kind!r} over {len(grid) or 'unknown'} grid axes and data "
+            f"{cfg.data.kind!r}"
         )
-    objective.eval()  # also: no train-time RoPE coordinate rescaling
-    return VizModel(cfg, objective, encoder, predictor)
+    return VizModel(cfg, objective, backbone, grid)

@@ -39,13 +39,13 @@ def similarity_maps(
     attn: str | None = None,
 ) -> SimilarityMaps:
     """Similarity maps of ``cells`` for one image at block ``layer`` (1-based)."""
-    mode = attn or model.cfg.predictor.attn
-    hs, tok, *_ = model.objective.features(x_CHW[None], layers=[layer], attn=mode)
-    steps = [token_index(tok.coords, c) for c in cells]
+    mode = attn or model.backbone.attn
+    feats = model.backbone(model.batch(x_CHW), layers=[layer], attn=mode)
+    steps = [token_index(feats.coords, c) for c in cells]
     return SimilarityMaps(
         cells=list(cells),
-        z_QHW=to_grid(cosine_to(tok.emb[0], steps), tok.coords, tok.grid),
-        h_QHW=to_grid(cosine_to(hs[0][0], steps), tok.coords, tok.grid),
+        z_QHW=to_grid(cosine_to(feats.inputs[0], steps), feats.coords, feats.grid),
+        h_QHW=to_grid(cosine_to(feats.layers[0][0], steps), feats.coords, feats.grid),
         layer=layer,
         attn=mode,
     )

@@ -85,17 +85,21 @@ def test_attention_equals_hand_written_reference(backend: str, mode: str, padded
         torch.testing.assert_close(dense.cpu().expand(B, 1, T, T)[:, 0], expected)
 
 
-def _perturbed_outputs(backend: str, mask: str, prefix_len: int, t: int, keep=None):
-    """Outputs (B, T+1, D) of a predictor for an input and for it with token t perturbed."""
+def _perturbed_outputs(
+    backend: str, mask: str, prefix_len: int, t: int, keep=None, start_token: bool = True
+):
+    """Outputs (B, S, D) of a predictor for an input and for it with token t perturbed
+    (S = T + 1 with a start token, T without)."""
     dev = _device(backend)
     cfg = PredictorConfig(
         dim=32,
         depth=2,
         heads=2,
         layerscale=None,
-        mask=mask,
+        attn=mask,
         prefix_len=prefix_len,
         attn_backend=backend,
+        start_token=start_token,
     )
     torch.manual_seed(0)
     pred = Predictor(cfg, n_axes=2).eval()
@@ -113,11 +117,12 @@ def _perturbed_outputs(backend: str, mask: str, prefix_len: int, t: int, keep=No
             pred(e.to(dev), coords.to(dev), grid, None if keep is None else keep.to(dev)).cpu()
             for e in (emb, emb2)
         )
+    assert a.shape == (2, 12 + int(start_token), 32)
     return a, b
 
 
 def _changed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(T+1,) bool: output position changed (in either batch element) beyond round-off."""
+    """(S,) bool: output position changed (in either batch element) beyond round-off."""
     return (a - b).abs().amax(dim=(0, 2)) > 1e-4
 
 
@@ -125,49 +130,65 @@ def _unchanged(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().amax(dim=(0, 2)) <= 1e-6
 
 
+def _token_of(start_token: bool) -> torch.Tensor:
+    """(S,) the input token behind each output position; -1 for the start token."""
+    return torch.arange(-int(start_token), 12)
+
+
+START = pytest.mark.parametrize("start_token", [True, False], ids=["start", "nostart"])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("t", [0, 4, 11])
-def test_causal_outputs_before_t_ignore_token_t(backend: str, t: int) -> None:
-    """Output position j (0 = start token, j = i + 1 for token i) sees tokens < j only."""
-    a, b = _perturbed_outputs(backend, "causal", 0, t)
-    pos = torch.arange(13)
-    # positions <= t (the start token and tokens 0..t-1) are unchanged ...
-    assert _unchanged(a, b)[pos <= t].all(), (a - b).abs().amax(dim=(0, 2))
-    # ... and positions > t (token t itself and every later one) change.
-    assert _changed(a, b)[pos > t].all(), (a - b).abs().amax(dim=(0, 2))
+@START
+def test_causal_outputs_before_t_ignore_token_t(backend: str, t: int, start_token: bool) -> None:
+    """Output position j (0 = start token, j = i + 1 for token i; j = i without a start token)
+    sees tokens up to its own only."""
+    a, b = _perturbed_outputs(backend, "causal", 0, t, start_token=start_token)
+    tok = _token_of(start_token)
+    # the start token and tokens 0..t-1 are unchanged ...
+    assert _unchanged(a, b)[tok < t].all(), (a - b).abs().amax(dim=(0, 2))
+    # ... and token t itself and every later one change.
+    assert _changed(a, b)[tok >= t].all(), (a - b).abs().amax(dim=(0, 2))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_prefix_tokens_see_each_other(backend: str) -> None:
-    """prefix_len=3: the start token and tokens 0..2 (positions 0..3) attend bidirectionally."""
-    pos = torch.arange(13)
-    a, b = _perturbed_outputs(backend, "prefix", 3, t=1)  # token 1 = position 2, in the prefix
+@START
+def test_prefix_tokens_see_each_other(backend: str, start_token: bool) -> None:
+    """prefix_len=3: the start token (if any) and tokens 0..2 attend bidirectionally; without
+    a start token the prefix is those 3 tokens, not 4."""
+    tok = _token_of(start_token)
+    a, b = _perturbed_outputs(backend, "prefix", 3, t=1, start_token=start_token)  # in it
     assert _changed(a, b).all()  # every prefix position sees it, and so does everything after
-    a, b = _perturbed_outputs(backend, "prefix", 3, t=6)  # after the prefix: causal
-    assert _unchanged(a, b)[pos <= 6].all()
-    assert _changed(a, b)[pos > 6].all()
-    a, b = _perturbed_outputs(backend, "prefix", 3, t=3)  # first token after the prefix
-    assert _unchanged(a, b)[pos <= 3].all()
-    assert _changed(a, b)[pos > 3].all()
+    a, b = _perturbed_outputs(backend, "prefix", 3, t=6, start_token=start_token)  # causal
+    assert _unchanged(a, b)[tok < 6].all()
+    assert _changed(a, b)[tok >= 6].all()
+    a, b = _perturbed_outputs(backend, "prefix", 3, t=3, start_token=start_token)  # just after
+    assert _unchanged(a, b)[tok < 3].all()
+    assert _changed(a, b)[tok >= 3].all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("t", [0, 11])
-def test_bidirectional_every_output_sees_every_token(backend: str, t: int) -> None:
-    a, b = _perturbed_outputs(backend, "bidirectional", 0, t)
+@START
+def test_bidirectional_every_output_sees_every_token(
+    backend: str, t: int, start_token: bool
+) -> None:
+    a, b = _perturbed_outputs(backend, "bidirectional", 0, t, start_token=start_token)
     assert _changed(a, b).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mask", ["causal", "bidirectional"])
-def test_padding_tokens_are_invisible(backend: str, mask: str) -> None:
+@START
+def test_padding_tokens_are_invisible(backend: str, mask: str, start_token: bool) -> None:
     """A padded token (keep=False) changes no output but its own position's."""
     keep = torch.ones(2, 12, dtype=torch.bool)
     keep[:, 5] = False
-    a, b = _perturbed_outputs(backend, mask, 0, t=5, keep=keep)
-    others = torch.arange(13) != 6  # token 5 = position 6
-    assert _unchanged(a, b)[others].all()
-    assert _changed(a, b)[6]
+    a, b = _perturbed_outputs(backend, mask, 0, t=5, keep=keep, start_token=start_token)
+    own = _token_of(start_token) == 5
+    assert _unchanged(a, b)[~own].all()
+    assert _changed(a, b)[own].all()
 
 
 def test_attn_override_at_call_time() -> None:

@@ -183,18 +183,123 @@ def test_rope_frequencies() -> None:
     torch.testing.assert_close(sin[0, 0], torch.cat([angles, angles]).sin())
 
 
-@pytest.mark.parametrize("head_dim,n_axes", [(12, 4), (10, 2), (16, 3)])
-def test_rope_head_dim_must_split_over_axes(head_dim: int, n_axes: int) -> None:
-    with pytest.raises(ValueError, match=f"divisible by {2 * n_axes}, got {head_dim}"):
+def _even_split_tables(
+    head_dim: int, n_axes: int, theta: float, pos: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables as computed before uneven splits were allowed (2A | Dh), written out."""
+    per_axis = head_dim // n_axes
+    periods = theta ** (2 * torch.arange(per_axis // 2, dtype=torch.float32) / per_axis)
+    angles = (2 * math.pi * pos[..., None] / periods).flatten(-2)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos()[..., None, :], angles.sin()[..., None, :]
+
+
+@pytest.mark.parametrize("head_dim,n_axes", [(64, 2), (48, 3), (24, 1), (16, 4), (64, 1)])
+@pytest.mark.parametrize("batched", [False, True], ids=["TA", "BTA"])
+def test_rope_even_split_tables_are_bit_identical_to_the_old_formula(
+    head_dim: int, n_axes: int, batched: bool
+) -> None:
+    torch.manual_seed(0)
+    pos = torch.rand(*((3,) if batched else ()), 17, n_axes) * 2 - 1
+    rope = RotaryND(head_dim, n_axes, theta=100.0)
+    assert rope.n_unrotated == 0 and rope.per_axis == head_dim // n_axes
+    cos, sin = rope.tables(pos)
+    ref_cos, ref_sin = _even_split_tables(head_dim, n_axes, 100.0, pos)
+    assert cos.shape == ref_cos.shape == (*pos.shape[:-1], 1, head_dim)
+    assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
+
+
+def test_rope_uneven_split_64_wide_heads_over_3_axes() -> None:
+    """F = floor(64 / 6) = 10 pairs per axis: 60 rotated channels, 4 left as they are. Axis a
+    owns channels a*F..a*F+9 and 32+a*F..32+a*F+9; channels 30, 31, 62, 63 are unrotated."""
+    rope = RotaryND(head_dim=64, n_axes=3, theta=100.0)
+    assert (rope.per_axis, rope.n_unrotated) == (20, 4)
+    torch.testing.assert_close(
+        rope.periods, 100.0 ** (2 * torch.arange(10, dtype=torch.float32) / 20), rtol=0, atol=0
+    )
+    torch.manual_seed(0)
+    pos = torch.rand(2, 9, 3) * 2 - 1  # (B, T, A)
+    cos, sin = rope.tables(pos)
+    assert cos.shape == sin.shape == (2, 9, 1, 64)
+    unrotated = torch.tensor([30, 31, 62, 63])
+    assert torch.equal(cos[..., unrotated], torch.ones(2, 9, 1, 4))
+    assert torch.equal(sin[..., unrotated], torch.zeros(2, 9, 1, 4))
+    for a in range(3):  # every rotated channel carries its own axis's angle, in both halves
+        angles = 2 * math.pi * pos[..., a, None] / rope.periods  # (B, T, F)
+        for lo in (10 * a, 32 + 10 * a):
+            torch.testing.assert_close(cos[:, :, 0, lo : lo + 10], angles.cos())
+            torch.testing.assert_close(sin[:, :, 0, lo : lo + 10], angles.sin())
+    rotated = (sin[:, :, 0] != 0).any(dim=(0, 1))  # channels some token actually turns
+    assert int(rotated.sum()) == 60 and not rotated[unrotated].any()
+    # the rotation leaves the unrotated channels of x exactly as they were, turns the others
+    x = torch.randn(2, 9, 4, 64)
+    out = apply_rotary(x, cos, sin)
+    assert torch.equal(out[..., unrotated], x[..., unrotated])
+    assert (out[..., :30] - x[..., :30]).abs().amax() > 1e-2
+    torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))  # still a rotation
+
+
+def test_rope_uneven_split_is_relative_along_each_axis() -> None:
+    """With 64-wide heads over 3 axes, q.k after rotation depends only on the coordinate
+    differences: a common shift keeps every logit, a change of one axis's differences alone
+    changes them (so every axis is rotated)."""
+    torch.manual_seed(0)
+    rope = RotaryND(head_dim=64, n_axes=3, theta=100.0).eval()
+    grid = (40, 40, 40)
+    cells = torch.randint(0, 24, (16, 3))
+    q, k = torch.randn(1, 16, 1, 64), torch.randn(1, 16, 1, 64)
+    base = _logits(rope, normalized_coords(cells, grid), q, k)
+    for shift in ([5, 0, 0], [0, 9, 0], [0, 0, 13], [3, 11, 7]):
+        moved = _logits(rope, normalized_coords(cells + torch.tensor(shift), grid), q, k)
+        torch.testing.assert_close(moved, base, atol=1e-4, rtol=1e-4)
+    for a in range(3):  # stretch one axis: other relative positions along it, other logits
+        stretched = cells.clone()
+        stretched[:, a] *= 2
+        other = _logits(rope, normalized_coords(stretched, grid), q, k)
+        assert (other - base).abs().max() > 1e-2, f"axis {a} is not rotated"
+
+
+def test_rope_uneven_split_gradients() -> None:
+    """The rotation's hand-written backward is exact with unrotated channels too, and a
+    predictor with 64-wide heads over a 3-axis grid trains: finite gradients everywhere."""
+    rope = RotaryND(head_dim=12, n_axes=4)  # F = 1: 8 rotated channels, 4 unrotated
+    assert (rope.per_axis, rope.n_unrotated) == (2, 4)
+    cos, sin = (t.double() for t in rope.tables(torch.rand(5, 4) * 2 - 1))
+    x = torch.randn(2, 5, 3, 12, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: apply_rotary(t, cos, sin), (x,))
+
+    cfg = PredictorConfig(dim=128, depth=2, heads=2, layerscale=None, attn_backend="sdpa")
+    torch.manual_seed(0)
+    pred = Predictor(cfg, n_axes=3)
+    assert pred.rope is not None and pred.rope.n_unrotated == 4
+    grid = (2, 3, 4)
+    emb = torch.randn(2, 24, 128, requires_grad=True)
+    out = pred(emb, _coords(grid), grid)
+    assert out.shape == (2, 25, 128) and torch.isfinite(out).all()
+    (out * torch.randn_like(out)).sum().backward()
+    assert torch.isfinite(emb.grad).all() and emb.grad.abs().sum() > 0
+    for name, p in pred.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("head_dim,n_axes", [(4, 3), (2, 2), (6, 4)])
+def test_rope_needs_one_channel_pair_per_axis(head_dim: int, n_axes: int) -> None:
+    with pytest.raises(ValueError, match=f"at least {2 * n_axes} .*got {head_dim}"):
         RotaryND(head_dim, n_axes)
+    with pytest.raises(ValueError, match="even head dim"):
+        RotaryND(7, 1)
 
 
-def test_predictor_rejects_head_dim_not_divisible_by_2a() -> None:
-    cfg = PredictorConfig(dim=32, depth=1, heads=2)  # head dim 16: 16 % 6 != 0
-    with pytest.raises(ValueError, match="predictor.dim or predictor.heads"):
+def test_predictor_rope_head_dim_constraint_names_the_config_keys() -> None:
+    cfg = PredictorConfig(dim=8, depth=1, heads=2)  # head dim 4 < 2 * 3
+    with pytest.raises(ValueError, match="predictor.dim or lower predictor.heads"):
         Predictor(cfg, n_axes=3)
-    Predictor(cfg, n_axes=4)  # 16 % 8 == 0: fine
+    Predictor(cfg, n_axes=2)  # 4 >= 2 * 2: fine
     Predictor(cfg.model_copy(update={"rope": False}), n_axes=3)  # no RoPE, no constraint
+    # what used to be rejected (2A does not divide Dh) now builds
+    for dim, heads, n_axes in [(32, 2, 3), (128, 2, 3), (20, 2, 2)]:
+        pred = Predictor(PredictorConfig(dim=dim, depth=1, heads=heads), n_axes=n_axes)
+        assert pred.rope is not None and pred.rope.n_unrotated == (dim // heads) % (2 * n_axes)
 
 
 def test_rope_rescale_only_in_training() -> None:

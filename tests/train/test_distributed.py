@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from tiny_recipe import TINY_RECIPE, tiny_with
 
-from nepa.train.distributed import all_reduce, init_distributed, no_sync, pick_device, wrap_model
+from nepa.device import pick_device
+from nepa.train.distributed import all_reduce, init_distributed, no_sync, wrap_model
 from nepa.train.rundir import read_metrics
 from nepa.train.trainer import train
 
@@ -37,7 +38,7 @@ def test_single_process_helpers_are_no_ops(monkeypatch: pytest.MonkeyPatch) -> N
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cuda_request_without_cuda_says_so() -> None:
-    with pytest.raises(RuntimeError, match="no CUDA device is visible; use 'cpu' or 'auto'"):
+    with pytest.raises(ValueError, match="no CUDA device is visible; use 'cpu' or 'auto'"):
         pick_device("cuda", 0)
     assert pick_device("auto", 0) == torch.device("cpu")
 

@@ -15,6 +15,7 @@ import torch
 from pydantic import PositiveInt, model_validator
 from torch.utils.data import Dataset
 
+from nepa.batch import LABEL, LABEL_FIELD, Batch, FieldSpec
 from nepa.data.base import DATASETS
 from nepa.data.shards.codecs import ARRAY_EXTS, DecodeError, decode_npy_bytes, payload_field
 from nepa.data.shards.manifest import resolve_shards
@@ -24,10 +25,12 @@ from nepa.data.shards.stream import ShardTrainData
 
 
 class ArrayShardsConfig(ShardOptions):
-    """``shape``: the shape of every sample; ``mean``/``std``: one value per ``shape[0]``."""
+    """``shape``: the shape of every sample; ``mean``/``std``: one value per ``shape[0]``;
+    ``field``: the name of the array in each batch (``{field: (B, *shape), "label": (B,)}``)."""
 
     kind: Literal["array_shards"] = "array_shards"
     shape: tuple[PositiveInt, ...]
+    field: str = "signal"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
@@ -44,20 +47,20 @@ class ArrayShardsConfig(ShardOptions):
         return self
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.shape)
+    def fields(self) -> dict[str, FieldSpec]:
+        return {self.field: FieldSpec(tuple(self.shape)), LABEL: LABEL_FIELD}
 
 
 class ArraySample:
     """Decode a ``.npy`` payload, check its shape, cast and normalise: (x, label or -1)."""
 
     def __init__(self, cfg: ArrayShardsConfig) -> None:
-        self.shape = tuple(cfg.shape)
+        self.shape, self.field = tuple(cfg.shape), cfg.field
         extra = (1,) * (len(cfg.shape) - 1)  # broadcast per leading channel
         self.mean = None if cfg.mean is None else torch.tensor(cfg.mean).reshape(-1, *extra)
         self.std = None if cfg.std is None else torch.tensor(cfg.std).reshape(-1, *extra)
 
-    def __call__(self, sample: dict[str, Any], seed: int = 0) -> tuple[torch.Tensor, int]:
+    def __call__(self, sample: dict[str, Any], seed: int = 0) -> Batch:
         arr = decode_npy_bytes(sample[payload_field(sample, ARRAY_EXTS)])
         if arr.shape != self.shape:
             raise DecodeError(f"array of shape {arr.shape}, expected {self.shape}", kind="shape")
@@ -70,24 +73,31 @@ class ArraySample:
             x = x / self.std
         label = sample.get("cls")
         try:
-            return x, int(label.decode()) if label is not None else -1
+            y = int(label.decode()) if label is not None else -1
         except ValueError:
             raise DecodeError(f".cls is not an integer: {label[:20]!r}") from None
+        return {self.field: x, LABEL: torch.tensor(y)}
+
+    def finish_batch(self, batch: Batch) -> Batch:
+        return batch
 
 
 class ArrayDataset(Dataset):
-    """A split in memory for evaluation: ``ds[i]`` -> (x, label)."""
+    """A split in memory for evaluation: ``ds[i]`` -> ``{field: x, "label": y}``."""
 
-    def __init__(self, xs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
+    def __init__(
+        self, xs: torch.Tensor, labels: torch.Tensor, classes: list[str], field: str
+    ) -> None:
         self.xs, self.labels, self.classes = xs, labels, classes  # (N, *shape), (N,)
         self.num_classes = len(classes)
+        self.field = field
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> Batch:
         index = key[0] if isinstance(key, tuple) else key
-        return self.xs[index], int(self.labels[index])
+        return {self.field: self.xs[index], LABEL: self.labels[index]}
 
 
 @DATASETS.register("array_shards", config=ArrayShardsConfig)
@@ -99,6 +109,6 @@ def build_array_shards(
     if train:
         return ShardTrainData(shards, sample_fn, cfg)
     items = decode_all(shards, sample_fn, allow_pickle=cfg.allow_pickle, where=cfg.source)
-    xs, ys = zip(*items, strict=True)
-    labels = torch.tensor(ys, dtype=torch.int64)
-    return ArrayDataset(torch.stack(xs), labels, shards.class_names(int(labels.max())))
+    xs = torch.stack([it[cfg.field] for it in items])
+    labels = torch.stack([it[LABEL] for it in items]).to(torch.int64)
+    return ArrayDataset(xs, labels, shards.class_names(int(labels.max())), cfg.field)

@@ -1,9 +1,9 @@
 """Safe encoding and decoding of WebDataset sample fields, chosen by file extension.
 
-Decoding never unpickles: images go through torchvision, audio through soundfile, ``.npy``
-through ``np.load(allow_pickle=False)``, ``.json`` through :mod:`json`, text as UTF-8. Members
-whose extension marks a Python pickle (``.pyd``, ``.pickle``, ``.pkl``, ``.pth``, ``.pt``) make a shard
-refused unless the user opts in, and even then they are dropped, never unpickled.
+Decoding goes through the decoder registry of :mod:`nepa.data.decode` (one entry per extension;
+it never unpickles). Members whose extension marks a Python pickle (``.pyd``, ``.pickle``,
+``.pkl``, ``.pth``, ``.pt``) make a shard refused unless the user opts in, and even then they
+are dropped, never unpickled.
 """
 
 from __future__ import annotations
@@ -14,26 +14,48 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, encode_png
+from torchvision.io import encode_png
 
-IMAGE_EXTS = frozenset({"png", "jpg", "jpeg", "webp", "gif"})
-AUDIO_EXTS = frozenset({"wav", "flac", "ogg"})
-ARRAY_EXTS = frozenset({"npy"})
-TEXT_EXTS = frozenset({"txt", "cls", "json"})
-PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt"})
-PAYLOAD_EXTS = IMAGE_EXTS | AUDIO_EXTS | ARRAY_EXTS
+from nepa.data.decode import (
+    ARRAY_EXTS,
+    AUDIO_EXTS,
+    DECODERS,
+    IMAGE_EXTS,
+    PAYLOAD_EXTS,
+    PICKLE_EXTS,
+    TEXT_EXTS,
+    DecodeError,
+    decode_audio_bytes,
+    decode_bytes,
+    decode_image_bytes,
+    decode_npy_bytes,
+    payload_exts,
+)
+
+__all__ = [
+    "ARRAY_EXTS",
+    "AUDIO_EXTS",
+    "IMAGE_EXTS",
+    "PAYLOAD_EXTS",
+    "PICKLE_EXTS",
+    "TEXT_EXTS",
+    "DecodeError",
+    "PickleMemberError",
+    "check_pickles",
+    "decode_audio_bytes",
+    "decode_field",
+    "decode_image_bytes",
+    "decode_npy_bytes",
+    "encode_field",
+    "encode_png_array",
+    "field_ext",
+    "payload_field",
+    "pickle_fields",
+]
 
 
 class PickleMemberError(ValueError):
     """A shard holds a member that only a pickle loader could read."""
-
-
-class DecodeError(ValueError):
-    """A field could not be decoded; ``kind`` says which check failed ("decode" or "shape")."""
-
-    def __init__(self, message: str, kind: str = "decode") -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 def field_ext(field: str) -> str:
@@ -64,64 +86,17 @@ def check_pickles(sample: dict[str, Any], allow_pickle: bool, where: str) -> dic
 # ---------------------------------------------------------------- decoding
 
 
-def decode_image_bytes(data: bytes) -> torch.Tensor:
-    """Encoded image -> (C, H, W) uint8 with its own channel count."""
-    try:
-        img_CHW = decode_image(
-            torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED
-        )
-    except (RuntimeError, ValueError) as e:
-        raise DecodeError(f"undecodable image ({e})") from None
-    if img_CHW.dtype != torch.uint8 or img_CHW.ndim != 3:
-        raise DecodeError(f"expected one 8-bit image, got {img_CHW.dtype} {tuple(img_CHW.shape)}")
-    return img_CHW
-
-
-def decode_audio_bytes(data: bytes) -> tuple[np.ndarray, int]:
-    """Encoded audio -> ((frames, channels) float32 in [-1, 1], sample rate)."""
-    import soundfile as sf
-
-    try:
-        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError, TypeError, ValueError) as e:
-        raise DecodeError(f"undecodable audio ({e})") from None
-    if len(wave) == 0:
-        raise DecodeError("audio has no frames")
-    return wave, int(rate)
-
-
-def decode_npy_bytes(data: bytes) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as e:  # also raised for object arrays, which would need pickle
-        raise DecodeError(f"undecodable .npy ({e})") from None
-    except (OSError, EOFError) as e:
-        raise DecodeError(f"truncated or invalid .npy ({e})") from None
-
-
 def decode_field(field: str, data: bytes) -> Any:
-    """Decode one field by its extension; unknown extensions stay bytes."""
+    """Decode one field by its extension (see :data:`nepa.data.decode.DECODERS`); fields with
+    an extension no decoder is registered for stay bytes."""
     ext = field_ext(field)
-    if ext in IMAGE_EXTS:
-        return decode_image_bytes(data)
-    if ext in AUDIO_EXTS:
-        return decode_audio_bytes(data)
-    if ext in ARRAY_EXTS:
-        return decode_npy_bytes(data)
-    try:
-        if ext == "json":
-            return json.loads(data)
-        if ext == "cls":
-            return int(data.decode().strip())
-        if ext == "txt":
-            return data.decode("utf-8")
-    except (UnicodeDecodeError, ValueError) as e:
-        raise DecodeError(f"undecodable .{ext} ({e})") from None
-    return data
+    return decode_bytes(ext, data) if ext in DECODERS else data
 
 
-def payload_field(sample: dict[str, Any], exts: frozenset[str] = PAYLOAD_EXTS) -> str:
-    """The name of the sample's payload field (its image, audio or array)."""
+def payload_field(sample: dict[str, Any], exts: frozenset[str] | None = None) -> str:
+    """The name of the sample's payload field: the one field with an extension in ``exts``
+    (default: every registered payload extension, image, audio, array or a user's own)."""
+    exts = payload_exts() if exts is None else exts
     found = [k for k in sample if not k.startswith("__") and field_ext(k) in exts]
     if len(found) != 1:
         what = "no" if not found else f"{len(found)}"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from nepa.batch import LABEL, Batch
 from nepa.data.base import DATASETS
 from nepa.data.images import (
     CropFlip,
@@ -53,22 +54,26 @@ def decode_sample(sample: dict[str, Any], channels: int) -> tuple[torch.Tensor, 
 
 
 class ImageSample:
-    """The stream's sample function: decode, check, crop and flip (seeded) to uint8; the batch
-    is then normalised at once by ``finish_batch``."""
+    """The stream's sample function: decode, check, crop and flip (seeded) to a uint8
+    ``{"image", "label"}`` sample; ``finish_batch`` then normalises the whole batch at once."""
 
     def __init__(
         self,
         channels: int,
         augment: CropFlip | None,
-        finish_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        self.channels, self.augment = channels, augment
-        if finish_batch is not None:
-            self.finish_batch = finish_batch
+        self.channels, self.augment, self.normalize = channels, augment, normalize
 
-    def __call__(self, sample: dict[str, Any], seed: int) -> tuple[torch.Tensor, int]:
+    def __call__(self, sample: dict[str, Any], seed: int) -> Batch:
         img_CHW, y = decode_sample(sample, self.channels)
-        return (img_CHW if self.augment is None else self.augment(img_CHW, seed)), y
+        img_CHW = img_CHW if self.augment is None else self.augment(img_CHW, seed)
+        return {"image": img_CHW, LABEL: torch.tensor(y)}
+
+    def finish_batch(self, batch: Batch) -> Batch:
+        if self.normalize is None:
+            return batch
+        return {**batch, "image": self.normalize(batch["image"])}
 
 
 def _stats(cfg: ImageShardsConfig, shards: ShardList) -> Callable[[], np.ndarray]:

@@ -1,21 +1,29 @@
-"""Built-in sources for ``nepa shards write``: ImageFolder trees, npz arrays and audio folders.
+"""Sources for ``nepa shards write``: a registry of source kinds, and the built-in ones.
 
 Each source yields the samples of one split in a sorted, deterministic order (the writer then
 shuffles them with a fixed seed) and keeps encoded files as they are (original bytes).
 
-- ``image_folder``: a folder or ``.tar``/``.tar.gz`` with ``[prefix/]<split>/<class>/<image>``;
-  ``cls`` indexes the sorted class-folder names of all splits; ``json`` = {"path", "class"}.
+- ``image_folder``: a folder or ``.tar``/``.tar.gz`` with ``[prefix/]<split>/<class>/<image>``
+  (walked by :mod:`nepa.data.folder`); ``cls`` indexes the sorted class-folder names of all
+  splits; the key is ``<class>_<file stem>``.
 - ``npz``: arrays ``x_<split>`` (N, ...) and optional integer labels ``y_<split>`` (N,); uint8
   (N, H, W) or (N, H, W, 1|3) become ``.png`` (modality image), anything else ``.npy`` (array).
-- ``audio``: a folder or tar of .wav/.flac/.ogg, either FSDD-named files in one folder
-  (``{digit}_{speaker}_{index}.wav``; index 0-4 is the test split, the rest train) or
-  ``<split>/<class>/<file>``; classes are the sorted labels.
+- ``audio``: a folder or tar of .wav/.flac/.ogg, either ``[prefix/]<split>/<class>/<file>`` or
+  files in one folder whose names a naming rule reads (:mod:`nepa.data.shards.naming`; FSDD's
+  ``{digit}_{speaker}_{index}.wav`` is built in); classes are the sorted labels.
+
+A new kind is one registered function ``(path, split) -> Source``::
+
+    @source("my_kind", modality="video", help="a folder of .mp4 in <split>/<class>/")
+    def my_source(path: Path, split: str) -> Source: ...
+
+``modality`` lets a folder or tar be recognised by its first file with an extension of that
+modality in the decoder registry; ``suffixes`` recognises a single file by its extension.
 """
 
 from __future__ import annotations
 
 import io
-import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
@@ -25,83 +33,87 @@ from typing import Any
 
 import numpy as np
 
-from nepa.data.paths import resolve_path
-from nepa.data.shards.codecs import AUDIO_EXTS, IMAGE_EXTS
-
-SOURCES_HELP = (
-    "supported sources: (1) an ImageFolder folder or .tar/.tar.gz: [prefix/]<split>/<class>/"
-    "<image>.png|jpg|...; (2) an .npz with arrays x_<split> and y_<split>; (3) a folder or "
-    ".tar/.tar.gz of .wav/.flac/.ogg, FSDD-named {digit}_{speaker}_{index}.wav in one folder "
-    "or <split>/<class>/<file>; (4) any iterable of samples through "
-    "nepa.data.shards.write.write_shards"
+from nepa.data.decode import exts_of
+from nepa.data.folder import (
+    FolderSplit,
+    Load,
+    file_ext,
+    in_split,
+    iter_files,
+    scan,
+    split_layout,
 )
-FSDD_NAME = re.compile(r"^(?P<label>\d+)_(?P<speaker>[A-Za-z0-9-]+)_(?P<index>\d+)$")
-FSDD_TEST_INDICES = range(5)  # the official FSDD split: recordings 0-4 of each are the test set
-
-Load = Callable[[], bytes]
+from nepa.data.paths import resolve_path
+from nepa.data.shards import fsdd as _fsdd  # noqa: F401  (registers the FSDD naming rule)
+from nepa.data.shards.naming import NAMING_RULES, Named, NamingRule
+from nepa.registry import Registry
 
 
 @dataclass(frozen=True)
 class Source:
     """One split of a source: ``samples`` are writer dicts in a deterministic order."""
 
-    kind: str  # "image_folder", "npz" or "audio"
+    kind: str  # the registered name, recorded in the manifest
     modality: str
     classes: list[str] | None
     samples: Iterable[dict[str, Any]]
 
 
-def open_source(spec: str, split: str) -> Source:
-    """Split ``split`` of the source at ``spec`` (a path; ``~`` and ``$VARS`` expand)."""
+@dataclass(frozen=True)
+class SourceKind:
+    """How to open one kind of source and how to recognise it (see the module docstring)."""
+
+    open: Callable[[Path, str], Source]
+    help: str
+    suffixes: frozenset[str] = frozenset()
+    modality: str | None = None
+
+
+SOURCES: Registry[SourceKind] = Registry("shard source kind")
+
+
+def source(
+    name: str, *, help: str, suffixes: Iterable[str] = (), modality: str | None = None
+) -> Callable[[Callable[[Path, str], Source]], Callable[[Path, str], Source]]:
+    """Decorator: register ``fn(path, split) -> Source`` as source kind ``name``."""
+
+    def deco(fn: Callable[[Path, str], Source]) -> Callable[[Path, str], Source]:
+        SOURCES.register(name)(SourceKind(fn, help, frozenset(suffixes), modality))
+        return fn
+
+    return deco
+
+
+def sources_help() -> str:
+    kinds = "; ".join(f"({i}) {SOURCES.get(n).help}" for i, n in enumerate(SOURCES.names(), 1))
+    return (
+        f"supported sources: {kinds}; naming rules: {', '.join(NAMING_RULES.names())}; or any "
+        "iterable of samples through nepa.data.shards.write.write_shards"
+    )
+
+
+def open_source(spec: str, split: str, kind: str | None = None) -> Source:
+    """Split ``split`` of the source at ``spec`` (a path; ``~`` and ``$VARS`` expand), of
+    source kind ``kind`` (default: recognised by :func:`detect_kind`)."""
     path = resolve_path(spec)
-    kind = detect_kind(path)
-    if kind == "npz":
-        return npz_source(path, split)
-    if kind == "audio":
-        return audio_source(path, split)
-    return image_folder_source(path, split)
+    return SOURCES.get(kind or detect_kind(path)).open(path, split)
 
 
 def detect_kind(path: Path) -> str:
-    """``npz`` for an .npz file; ``image_folder`` or ``audio`` for a folder or tar by the first
-    image or audio file in it."""
-    if path.is_file() and path.suffix.lower() == ".npz":
-        return "npz"
-    if path.is_dir() or (path.is_file() and tarfile.is_tarfile(path)):
-        with closing(iter_files(path, IMAGE_EXTS | AUDIO_EXTS)) as files:
-            for rel, _ in files:
-                return "image_folder" if _ext(rel) in IMAGE_EXTS else "audio"
-        raise ValueError(f"{path} holds no image or audio files; {SOURCES_HELP}")
-    raise ValueError(f"cannot tell what {path} holds; {SOURCES_HELP}")
-
-
-def iter_files(path: Path, exts: frozenset[str]) -> Iterator[tuple[str, Load]]:
-    """Yield (relative POSIX path, load) for files with an extension in ``exts``: sorted for a
-    folder, in archive order for a tar (streamed; ``load`` is valid until the next item)."""
-    if path.is_dir():
-        files = sorted(
-            (p.relative_to(path).as_posix(), p)
-            for p in path.rglob("*")
-            if p.suffix[1:].lower() in exts and p.is_file()
-        )
-        for rel, p in files:
-            yield rel, p.read_bytes
-        return
-    with tarfile.open(path, "r|*") as tf:  # one sequential pass, also over a .tar.gz
-        for m in tf:
-            if m.isfile() and _ext(m.name) in exts:
-                yield m.name.removeprefix("./"), lambda m=m: _read_member(tf, m)
-
-
-def _read_member(tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
-    f = tf.extractfile(m)
-    if f is None:
-        raise ValueError(f"cannot read archive member {m.name}")
-    return f.read()
-
-
-def _ext(name: str) -> str:
-    return PurePosixPath(name).suffix[1:].lower()
+    """A single file by its extension (``.npz``); a folder or tar by its first file whose
+    extension belongs to a source kind's modality (an image -> ``image_folder``)."""
+    kinds = [(n, SOURCES.get(n)) for n in SOURCES.names()]
+    for name, k in kinds:
+        if path.is_file() and file_ext(path.name) in k.suffixes:
+            return name
+    if not path.is_dir() and not (path.is_file() and tarfile.is_tarfile(path)):
+        raise ValueError(f"cannot tell what {path} holds; {sources_help()}")
+    by_ext = {e: n for n, k in reversed(kinds) if k.modality for e in exts_of(k.modality)}
+    with closing(iter_files(path, frozenset(by_ext))) as files:
+        for rel, _ in files:
+            return by_ext[file_ext(rel)]
+    modalities = sorted({k.modality for _, k in kinds if k.modality})
+    raise ValueError(f"{path} holds no {' or '.join(modalities)} files; {sources_help()}")
 
 
 def _key(rel: str) -> str:
@@ -114,29 +126,17 @@ def _sorted_labels(labels: Iterable[str]) -> list[str]:
     return sorted(set(labels), key=lambda s: (0, int(s), "") if s.isdecimal() else (1, 0, s))
 
 
-def _collect(
-    path: Path, exts: frozenset[str], keep: Callable[[str], bool]
-) -> list[tuple[str, Load]]:
-    """All (path, load) of ``path``; for a tar, the files ``keep`` wants are read now (the
-    stream moves on), the others get a load that must not be called."""
+def _keep(path: Path) -> Callable[[str, Load], Load]:
+    """``take`` for :func:`~nepa.data.folder.scan` that keeps a file's bytes for later: a
+    folder's loads stay valid, a tar member is read during the pass (the stream moves on)."""
     if path.is_dir():
-        return list(iter_files(path, exts))
-    out = []
-    for rel, load in iter_files(path, exts):
-        if keep(rel):
-            data = load()
-            out.append((rel, lambda data=data: data))
-        else:
-            out.append((rel, _not_loaded))
-    return out
+        return lambda rel, load: load
 
+    def read_now(rel: str, load: Load) -> Load:
+        data = load()
+        return lambda: data
 
-def _first(item: tuple[str, Load]) -> str:
-    return item[0]
-
-
-def _not_loaded() -> bytes:
-    raise AssertionError("a tar member outside the requested split was not kept")
+    return read_now
 
 
 def _split_missing(path: Path, split: str, found: Iterable[str], layout: str) -> FileNotFoundError:
@@ -149,49 +149,35 @@ def _split_missing(path: Path, split: str, found: Iterable[str], layout: str) ->
 # ---------------------------------------------------------------- image folder
 
 
+@source(
+    "image_folder",
+    modality="image",
+    help="an ImageFolder folder or .tar/.tar.gz: [prefix/]<split>/<class>/<image>.png|jpg|...",
+)
 def image_folder_source(path: Path, split: str) -> Source:
     """``[prefix/]<split>/<class>/<image>`` in a folder or tar; original bytes, sorted by path."""
-
-    def in_split(rel: str) -> bool:
-        parts = PurePosixPath(rel).parts
-        return len(parts) >= 3 and parts[-3] == split
-
-    files = _collect(path, IMAGE_EXTS, in_split)
-    classes_by_prefix: dict[tuple[str, ...], set[str]] = {}
-    for rel, _ in files:
-        parts = PurePosixPath(rel).parts
-        if len(parts) >= 3:
-            classes_by_prefix.setdefault(parts[:-3], set()).add(parts[-2])
-    chosen = sorted(((r, load) for r, load in files if in_split(r)), key=_first)
-    if not chosen:
-        found = (PurePosixPath(r).parts[-3] for r, _ in files if len(PurePosixPath(r).parts) >= 3)
-        raise _split_missing(path, split, found, "<split>/<class>/<image>")
-    prefixes = {PurePosixPath(rel).parts[:-3] for rel, _ in chosen}
-    if len(prefixes) > 1:
-        raise ValueError(
-            f"split {split!r} appears under several folders in {path}: {sorted(prefixes)}"
-        )
-    classes = sorted(classes_by_prefix[prefixes.pop()])
-    return Source("image_folder", "image", classes, _image_samples(chosen, classes))
+    rels, loads = scan(path, exts_of("image"), lambda rel: in_split(rel, split), _keep(path))
+    layout = split_layout(path, rels, split)
+    return Source("image_folder", "image", layout.classes, _image_samples(layout, loads))
 
 
-def _image_samples(files: list[tuple[str, Load]], classes: list[str]) -> Iterator[dict[str, Any]]:
-    index = {c: i for i, c in enumerate(classes)}
-    for rel, load in files:
-        parts = PurePosixPath(rel).parts
-        ext = "jpg" if _ext(rel) == "jpeg" else _ext(rel)
+def _image_samples(layout: FolderSplit, loads: dict[str, Load]) -> Iterator[dict[str, Any]]:
+    index = layout.labels()
+    for rel, cls in layout.files:
+        ext = "jpg" if file_ext(rel) == "jpeg" else file_ext(rel)
         yield {
-            "__key__": _key("/".join(parts[-2:])),
-            ext: load(),
+            "__key__": _key("/".join(PurePosixPath(rel).parts[-2:])),
+            ext: loads[rel](),
             # No .json: the key holds class and file name, and every extra tar member costs
             # the reader ~45 us per sample (a third of a CIFAR-10 sample's read time).
-            "cls": index[parts[-2]],
+            "cls": index[cls],
         }
 
 
 # ---------------------------------------------------------------- npz
 
 
+@source("npz", suffixes=("npz",), help="an .npz with arrays x_<split> and y_<split>")
 def npz_source(path: Path, split: str) -> Source:
     """Arrays ``x_<split>`` (N, ...) and optional int labels ``y_<split>`` (N,); key
     ``<split>_<index:06d>``."""
@@ -251,37 +237,82 @@ def _npz_samples(
 # ---------------------------------------------------------------- audio
 
 
-def audio_source(path: Path, split: str) -> Source:
-    """FSDD-named files in one folder, or ``<split>/<class>/<file>``; original bytes."""
+@source(
+    "audio",
+    modality="audio",
+    help="a folder or .tar/.tar.gz of .wav/.flac/.ogg in [prefix/]<split>/<class>/<file>, or "
+    "in one folder named by a naming rule (e.g. FSDD's {digit}_{speaker}_{index}.wav)",
+)
+def audio_source(path: Path, split: str, naming: NamingRule | None = None) -> Source:
+    """``[prefix/]<split>/<class>/<file>``, or files in one folder that ``naming`` (default:
+    the first registered naming rule that names every file) gives a split and a label;
+    original bytes, sorted by path, with a ``.json`` of path, sample rate and the rule's meta."""
+    rules = (
+        [(getattr(naming, "__name__", "naming rule"), naming)]
+        if naming is not None
+        else [(n, NAMING_RULES.get(n)) for n in NAMING_RULES]
+    )
 
-    def fsdd_split(rel: str) -> str | None:
-        m = FSDD_NAME.match(PurePosixPath(rel).stem)
-        return None if m is None else ("test" if int(m["index"]) in FSDD_TEST_INDICES else "train")
+    def want(rel: str) -> bool:
+        return in_split(rel, split) or any(_named_split(r, rel) == split for _, r in rules)
 
-    def keep(rel: str) -> bool:
-        parts = PurePosixPath(rel).parts
-        return fsdd_split(rel) == split or (len(parts) >= 3 and parts[-3] == split)
-
-    files = _collect(path, AUDIO_EXTS, keep)
-    one_folder = len({PurePosixPath(rel).parent for rel, _ in files}) == 1
-    if one_folder and all(fsdd_split(rel) for rel, _ in files):
-        labels = _sorted_labels(FSDD_NAME.match(PurePosixPath(r).stem)["label"] for r, _ in files)
-        chosen = sorted(((r, load) for r, load in files if fsdd_split(r) == split), key=_first)
-        if not chosen:
-            raise _split_missing(path, split, (fsdd_split(r) for r, _ in files), "FSDD")
-        return Source("audio", "audio", labels, _fsdd_samples(chosen, labels))
-    if not all(len(PurePosixPath(r).parts) >= 3 for r, _ in files):
+    rels, loads = scan(path, exts_of("audio"), want, _keep(path))
+    one_folder = len({PurePosixPath(rel).parent for rel in rels}) == 1
+    for name, rule in rules if one_folder else ():
+        named = {rel: rule(rel) for rel in rels}
+        if all(named.values()):
+            return _named_source(path, split, named, loads, name)
+    if not all(len(PurePosixPath(r).parts) >= 3 for r in rels):
         raise ValueError(
-            f"{path}: audio files must either all be FSDD-named {{digit}}_{{speaker}}_{{index}}"
-            ".wav in one folder, or sit in <split>/<class>/<file>"
+            f"{path}: audio files must either all sit in one folder and follow a naming rule "
+            f"({', '.join(NAMING_RULES.names())}), or sit in <split>/<class>/<file>"
         )
-    labels = _sorted_labels(PurePosixPath(r).parts[-2] for r, _ in files)
-    chosen = sorted(((r, ld) for r, ld in files if PurePosixPath(r).parts[-3] == split), key=_first)
+    layout = split_layout(path, rels, split, order=_sorted_labels)
+    return Source("audio", "audio", layout.classes, _audio_folder_samples(layout, loads))
+
+
+def _named_split(rule: NamingRule, rel: str) -> str | None:
+    named = rule(rel)
+    return None if named is None else named.split
+
+
+def _named_source(
+    path: Path, split: str, named: dict[str, Named | None], loads: dict[str, Load], rule: str
+) -> Source:
+    labels = _sorted_labels(n.label for n in named.values() if n is not None)
+    chosen = sorted(
+        ((rel, n) for rel, n in named.items() if n is not None and n.split == split),
+        key=lambda t: t[0],
+    )
     if not chosen:
-        raise _split_missing(
-            path, split, (PurePosixPath(r).parts[-3] for r, _ in files), "<split>/<class>/<file>"
-        )
-    return Source("audio", "audio", labels, _audio_folder_samples(chosen, labels))
+        raise _split_missing(path, split, (n.split for n in named.values() if n), rule)
+    return Source("audio", "audio", labels, _named_samples(chosen, labels, loads))
+
+
+def _named_samples(
+    chosen: list[tuple[str, Named]], labels: list[str], loads: dict[str, Load]
+) -> Iterator[dict[str, Any]]:
+    index = {c: i for i, c in enumerate(labels)}
+    for rel, named in chosen:
+        data = loads[rel]()
+        yield {
+            "__key__": _key(PurePosixPath(rel).name),
+            file_ext(rel): data,
+            "cls": index[named.label],
+            "json": {"path": rel, **named.meta, "sample_rate": _sample_rate(data, rel)},
+        }
+
+
+def _audio_folder_samples(layout: FolderSplit, loads: dict[str, Load]) -> Iterator[dict[str, Any]]:
+    index = layout.labels()
+    for rel, cls in layout.files:
+        data = loads[rel]()
+        yield {
+            "__key__": _key("/".join(PurePosixPath(rel).parts[-2:])),
+            file_ext(rel): data,
+            "cls": index[cls],
+            "json": {"path": rel, "class": cls, "sample_rate": _sample_rate(data, rel)},
+        }
 
 
 def _sample_rate(data: bytes, rel: str) -> int:
@@ -291,32 +322,3 @@ def _sample_rate(data: bytes, rel: str) -> int:
         return int(sf.info(io.BytesIO(data)).samplerate)
     except (RuntimeError, sf.LibsndfileError) as e:
         raise ValueError(f"{rel} is not readable audio ({e}); fix or remove the file") from None
-
-
-def _fsdd_samples(files: list[tuple[str, Load]], labels: list[str]) -> Iterator[dict[str, Any]]:
-    index = {c: i for i, c in enumerate(labels)}
-    for rel, load in files:
-        m = FSDD_NAME.match(PurePosixPath(rel).stem)
-        data = load()
-        meta = {"speaker": m["speaker"], "index": int(m["index"]), "path": rel}
-        yield {
-            "__key__": _key(PurePosixPath(rel).name),
-            _ext(rel): data,
-            "cls": index[m["label"]],
-            "json": {**meta, "sample_rate": _sample_rate(data, rel)},
-        }
-
-
-def _audio_folder_samples(
-    files: list[tuple[str, Load]], labels: list[str]
-) -> Iterator[dict[str, Any]]:
-    index = {c: i for i, c in enumerate(labels)}
-    for rel, load in files:
-        parts = PurePosixPath(rel).parts
-        data = load()
-        yield {
-            "__key__": _key("/".join(parts[-2:])),
-            _ext(rel): data,
-            "cls": index[parts[-2]],
-            "json": {"path": rel, "class": parts[-2], "sample_rate": _sample_rate(data, rel)},
-        }

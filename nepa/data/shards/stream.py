@@ -39,15 +39,16 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.filters import shuffle
 
+from nepa.batch import Batch, Fields, collate, placeholder_batch
 from nepa.data.loader import TrainLoader
 from nepa.data.sampler import aug_seeds, check_layout
 from nepa.data.shards.codecs import (
@@ -64,9 +65,14 @@ from nepa.data.shards.reader import read_shard, shard_name
 
 log = logging.getLogger(__name__)
 
-#: ``fn(raw_sample, aug_seed) -> (x tensor, label int)``; raises DecodeError for bad samples.
-#: It may have ``finish_batch(x_stacked) -> x`` for work done once per batch (normalising).
-SampleFn = Callable[[dict[str, Any], int], tuple[torch.Tensor, int]]
+
+class SampleFn(Protocol):
+    """Decodes one raw sample (augmentation seeded by ``seed``) into a dict sample, DecodeError
+    if it is bad; ``finish_batch`` then works on the collated batch (e.g. normalises it)."""
+
+    def __call__(self, sample: dict[str, Any], seed: int) -> Batch: ...
+
+    def finish_batch(self, batch: Batch) -> Batch: ...
 Mode = Literal["exact", "resampled"]
 
 
@@ -143,7 +149,7 @@ def exact_pieces(
 
 
 class ShardStream(IterableDataset):
-    """Infinite stream of one rank's micro-batches ``(x, y, meta)`` from a :class:`ShardList`.
+    """Infinite stream of one rank's micro-batches ``(batch, meta)`` from a :class:`ShardList`.
 
     ``meta`` holds ``good`` (decoded samples in the batch), ``bad`` (counts since the previous
     batch of this worker, see :meth:`BadData.take_delta`), ``epoch`` and ``micro`` (the rank's
@@ -160,10 +166,10 @@ class ShardStream(IterableDataset):
         start_micro: int,
         shuffle_buffer: int,
         allow_pickle: bool,
-        sample_shape: tuple[int, ...],
+        fields: Fields,
     ) -> None:
         self.shards, self.sample_fn, self.layout = shards, sample_fn, layout
-        self.sample_shape = sample_shape
+        self.fields = dict(fields)
         self.rank, self.start_micro = rank, start_micro
         self.shuffle_buffer, self.allow_pickle = shuffle_buffer, allow_pickle
 
@@ -235,7 +241,7 @@ class ShardStream(IterableDataset):
                 )
 
     # -- batches -------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+    def __iter__(self) -> Iterator[tuple[Batch, dict]]:
         info = get_worker_info()
         lay = self.layout
         worker = info.id if info is not None else 0
@@ -253,17 +259,16 @@ class ShardStream(IterableDataset):
                     for _ in itertools.islice(raw, k * lay.micro_batch):
                         pass
                 for _ in range(lay.owed(epoch, stream) - k):
-                    x, y, good = self._batch(raw, epoch, stream, bad)
-                    yield x, y, {"good": good, "bad": bad.take_delta(), "epoch": epoch, "micro": m}
+                    batch, good = self._batch(raw, epoch, stream, bad)
+                    yield batch, {"good": good, "bad": bad.take_delta(), "epoch": epoch, "micro": m}
                     m += lay.streams
         except (BadDataError, PickleMemberError) as e:
             # A rank that raised here would leave the others waiting in a collective. Instead,
             # hand out placeholder batches flagged ``fatal``: the trainer shares the flag in its
             # per-step reduction, so every rank saves and stops at the same step.
-            x = torch.zeros(lay.micro_batch, *self.sample_shape)
-            y = torch.full((lay.micro_batch,), -1)
+            stand_in = placeholder_batch(self.fields, lay.micro_batch)
             while True:
-                yield x, y, {"good": 0, "bad": {}, "epoch": -1, "micro": m, "fatal": str(e)}
+                yield stand_in, {"good": 0, "bad": {}, "epoch": -1, "micro": m, "fatal": str(e)}
                 m += lay.streams
 
     def _batch(self, raw, epoch: int, stream: int, bad: BadData):
@@ -273,10 +278,8 @@ class ShardStream(IterableDataset):
         n_good = len(good)
         if not good:
             good = self._refill(epoch, stream, mb)
-        filled = [good[i % len(good)] for i in range(mb)]
-        x = torch.stack([x for x, _ in filled])
-        finish = getattr(self.sample_fn, "finish_batch", None)  # e.g. normalise a whole batch
-        return (x if finish is None else finish(x)), torch.tensor([y for _, y in filled]), n_good
+        batch = collate([good[i % len(good)] for i in range(mb)])
+        return self.sample_fn.finish_batch(batch), n_good
 
     def _decode_all(self, raws: list[tuple[int, dict]], epoch: int, bad: BadData) -> list:
         """Decode and augment; a bad sample is counted and becomes None."""
@@ -397,7 +400,7 @@ class ShardTrainData:
             start_micro=start_micro,
             shuffle_buffer=self.options.shuffle_buffer,
             allow_pickle=self.options.allow_pickle,
-            sample_shape=self.options.sample_shape,
+            fields=self.options.fields,
         )
         return TrainLoader(
             stream_loader(stream, workers, pin_memory),

@@ -24,8 +24,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from nepa.data.decode import payload_exts
 from nepa.data.shards.codecs import (
-    PAYLOAD_EXTS,
     DecodeError,
     PickleMemberError,
     decode_field,
@@ -111,7 +111,7 @@ def _shards_of(source: str, splits: Sequence[str] | None) -> tuple[list[str], li
     for name in names:
         info = manifest.split(name, source)
         urls = resolve_shards(source, name).urls
-        fields = tuple(f for f in info.fields if field_ext(f) not in PAYLOAD_EXTS)
+        fields = tuple(f for f in info.fields if field_ext(f) not in payload_exts())
         shards += [_Shard(u, s.samples, s, fields) for u, s in zip(urls, info.shards, strict=True)]
     return names, shards
 

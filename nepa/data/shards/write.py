@@ -45,10 +45,8 @@ import torch
 from tqdm import tqdm
 from webdataset import TarWriter
 
+from nepa.data.decode import exts_of
 from nepa.data.shards.codecs import (
-    ARRAY_EXTS,
-    AUDIO_EXTS,
-    IMAGE_EXTS,
     DecodeError,
     decode_field,
     encode_field,
@@ -57,13 +55,13 @@ from nepa.data.shards.codecs import (
 )
 from nepa.data.shards.manifest import MANIFEST, Manifest, ShardInfo, SplitInfo, parse_manifest
 from nepa.data.shards.sources import open_source
+from nepa.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 # Fixed member mtime, so the same samples give byte-identical tars. An int: a float makes
 # tarfile add a PAX header with the exact value to every member.
 SHARD_MTIME = 0
-PAYLOADS_OF = {"image": IMAGE_EXTS, "audio": AUDIO_EXTS, "array": ARRAY_EXTS}
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
@@ -159,12 +157,7 @@ def write_manifest(manifest: Manifest, out_dir: Path) -> None:
     """Write ``manifest.json`` through a temp file and ``os.replace``: readers see the old or the
     new manifest, never half of one (keys sorted, so the bytes are deterministic)."""
     text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-    tmp = out_dir / f".{MANIFEST}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_dir / MANIFEST)
+    atomic_write_text(out_dir / MANIFEST, text)
 
 
 # ---------------------------------------------------------------- checks and manifest
@@ -319,8 +312,8 @@ class _SplitAccumulator:
             payload = payload_field(sample)
         except DecodeError as e:
             raise ValueError(f"sample {key!r}: {e}; give exactly one payload field") from None
-        allowed = PAYLOADS_OF.get(self.modality)
-        if allowed is not None and field_ext(payload) not in allowed:
+        allowed = exts_of(self.modality)  # empty for a modality no decoder declares
+        if allowed and field_ext(payload) not in allowed:
             raise ValueError(
                 f"sample {key!r}: payload .{payload} is not {self.modality} data (expected one of "
                 f"{sorted(allowed)}); pass modality= to say what the data is"
@@ -445,10 +438,12 @@ def write_source(
     shard_size: int = 1000,
     shuffle_seed: int | None = 0,
     progress: bool = False,
+    kind: str | None = None,
 ) -> SplitInfo:
-    """Write split ``split`` of a built-in source (image folder or tar, npz, audio folder or
-    tar; see :func:`nepa.data.shards.sources.open_source`) as shards into ``out_dir``."""
-    source = open_source(spec, split)
+    """Write split ``split`` of a registered source (image folder or tar, npz, audio folder or
+    tar, ...: :data:`nepa.data.shards.sources.SOURCES`; ``kind`` None recognises it) as shards
+    into ``out_dir``."""
+    source = open_source(spec, split, kind)
     return write_shards(
         source.samples,
         out_dir,
