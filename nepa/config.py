@@ -57,12 +57,15 @@ class RunConfig(Config):
 
     @model_validator(mode="after")
     def _compatible(self) -> RunConfig:
-        try:
-            self.encoder.check_fields(self.data.fields)
-        except ValueError as e:
-            raise ValueError(
-                f"encoder {self.encoder.kind!r} cannot read data {self.data.kind!r}: {e}"
-            ) from None
+        fields = self.data.fields
+        for part in (self.encoder, self.objective):
+            try:
+                part.check_fields(fields)
+            except ValueError as e:
+                what = "encoder" if part is self.encoder else "objective"
+                raise ValueError(
+                    f"{what} {part.kind!r} cannot read data {self.data.kind!r}: {e}"
+                ) from None
         if self.train.batch_size % self.train.accum:
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} must be divisible by train.accum={self.train.accum}"

@@ -36,7 +36,7 @@ def plugin():
 
 def test_windows_follow_the_protocol(plugin) -> None:
     cfg = plugin.tiny().data
-    assert cfg.sample_shape == (6, 128)
+    assert {k: v.shape for k, v in cfg.fields.items()} == {"signal": (6, 128), "label": ()}
     train, test = (build_dataset(cfg, split=s, train=False) for s in ("train", "test"))
     assert len(train) == 512 and len(test) == 256
     assert set(test.subjects.tolist()) <= plugin.TEST_SUBJECTS
@@ -52,34 +52,37 @@ def test_windows_follow_the_protocol(plugin) -> None:
             assert session[s] == session[s + 127] == ds.sessions[i]
             values, counts = np.unique(label[s : s + 128], return_counts=True)
             assert values[counts.argmax()] == ds.labels[i] + 1
-    x, y = train[0]
+    item = train[0]
+    x, y = item["signal"], item["label"]
     assert x.shape == (6, 128) and x.dtype == torch.float32 and torch.isfinite(x).all()
-    assert y == int(train.labels[0])
+    assert int(y) == int(train.labels[0])
 
 
 def test_train_augmentation_is_seeded(plugin) -> None:
     ds = build_dataset(plugin.tiny().data, split="train", train=True)
-    torch.testing.assert_close(ds[(3, 7)][0], ds[(3, 7)][0], rtol=0, atol=0)
-    assert not torch.equal(ds[(3, 7)][0], ds[(3, 8)][0])
-    assert not torch.equal(ds[(3, 7)][0], ds[3][0])
+    x = lambda key: ds[key]["signal"]  # noqa: E731
+    torch.testing.assert_close(x((3, 7)), x((3, 7)), rtol=0, atol=0)
+    assert not torch.equal(x((3, 7)), x((3, 8)))
+    assert not torch.equal(x((3, 7)), x(3))
 
 
 def test_encoder_emits_one_axis(plugin) -> None:
     from nepa.encoders.base import build_encoder
 
     cfg = plugin.Conv1dPatchConfig(patch_size=16, scan="random")
-    enc = build_encoder(cfg, dim=8, sample_shape=(6, 128))
-    tok = enc(torch.randn(2, 6, 128))
+    fields = plugin.tiny().data.fields
+    enc = build_encoder(cfg, dim=8, fields=fields)
+    tok = enc({"signal": torch.randn(2, 6, 128)})
     assert enc.n_axes == 1 and tok.grid == (8,) and tok.coords.shape == (8, 1)
     assert sorted(tok.coords[:, 0].tolist()) == list(range(8))
-    raster = build_encoder(plugin.Conv1dPatchConfig(patch_size=16), dim=8, sample_shape=(6, 128))
+    raster = build_encoder(plugin.Conv1dPatchConfig(patch_size=16), dim=8, fields=fields)
     raster.load_state_dict(enc.state_dict())
-    x = torch.randn(2, 6, 128)
+    x = {"signal": torch.randn(2, 6, 128)}
     # same per-token embeddings, read in the scan's order
     torch.testing.assert_close(enc(x).emb, raster(x).emb[:, enc.coords[:, 0]], rtol=0, atol=0)
     assert not torch.equal(enc.coords[:, 0], torch.arange(8))
     with pytest.raises(ValueError, match="not divisible by encoder.patch_size=24"):
-        plugin.Conv1dPatchConfig(patch_size=24).check_input((6, 128))
+        plugin.Conv1dPatchConfig(patch_size=24).check_fields(fields)
 
 
 @pytest.mark.slow
@@ -112,7 +115,7 @@ def test_train_and_eval_through_the_cli(
     monkeypatch.setattr(Predictor, "forward", spy)
     _, obj = load_run(run)
     assert obj.predictor.rope.n_axes == 1
-    obj.features(torch.randn(2, 6, 128), layers=[2])
+    obj.features({"signal": torch.randn(2, 6, 128)}, layers=[2])
     assert seen == [((8, 1), (8,))]
     monkeypatch.undo()
 

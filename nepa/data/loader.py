@@ -50,8 +50,8 @@ class TrainLoader:
             self.health = DataHealth(self.max_bad_fraction)
 
     def __iter__(self) -> Iterator[tuple[Batch, dict | None]]:
-        for item in self.batches:
-            yield item if isinstance(item, tuple) else (item, None)
+        for item in self.batches:  # a batch dict, or (batch, meta) (a list after a DataLoader)
+            yield (item, None) if isinstance(item, dict) else (item[0], item[1])
 
     # -- what a source reports -----------------------------------------------------------------
     def observe(self, meta: dict | None, expected_micro: int, rank: int) -> None:

@@ -44,7 +44,9 @@ def pool_tokens(h_BTD: torch.Tensor, feats: Features, pool: str) -> torch.Tensor
         k = int(pool[4:])
         coords = feats.coords if feats.coords.ndim == 3 else feats.coords[None]  # (B|1, T, A)
         grid = torch.tensor(feats.grid, device=coords.device)
-        bins = coords * torch.clamp(grid, max=k) // grid  # (., T, A), each < min(k, size)
+        cells = torch.clamp(grid, max=k)
+        # (., T, A), each < min(k, size); padding may sit outside the grid: clamped, then unweighted
+        bins = torch.minimum(coords * cells // grid, cells - 1)
         cell = torch.zeros(bins.shape[:-1], dtype=torch.long, device=bins.device)
         for a in range(bins.shape[-1]):
             cell = cell * k + bins[..., a]

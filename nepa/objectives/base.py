@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nepa.batch import Batch
+from nepa.batch import Batch, FieldSpec
 from nepa.objectives.backbone import Backbone, Features
 from nepa.params import ParamGroup, decay_groups
 from nepa.registry import Registry
@@ -30,6 +30,10 @@ from nepa.schema import ComponentConfig
 
 class ObjectiveConfig(ComponentConfig):
     """Base of every objective config."""
+
+    def check_fields(self, fields: dict[str, FieldSpec]) -> None:
+        """Raise ValueError, saying how to fix it, if the batch lacks a field this objective
+        reads itself (beyond what the encoder reads); see :func:`nepa.batch.require_field`."""
 
 
 class Objective(nn.Module):

@@ -8,12 +8,13 @@ import pytest
 import torch
 from tiny_recipe import tiny_with
 
+from nepa.batch import collate
 from nepa.encoders.scans import scan_coords
-from nepa.eval.features import eval_subset, extract, pool_tokens
+from nepa.eval.features import eval_subset, extract, labels_of, pool_features, pool_tokens
 from nepa.eval.knn import knn_predict, knn_top1
 from nepa.eval.load import load_run
-from nepa.eval.run import knn_eval, raw_pixel_knn, resolve_layer
-from nepa.tokens import Tokens
+from nepa.eval.run import knn_eval, knn_sweep, raw_input_knn, resolve_layer
+from nepa.objectives.backbone import Features
 
 # ------------------------------------------------------------------------------ kNN
 
@@ -74,7 +75,7 @@ def _hand_tokens(order: str, D: int = 2):
     coords = torch.from_numpy(scan_coords(order, (4, 4)))
     value = (coords[:, 0] * 4 + coords[:, 1]).float()
     h = torch.stack([value, -value], dim=-1)[None, :, :D]  # (1, 16, D)
-    return h, Tokens(emb=h, coords=coords, grid=(4, 4))
+    return h, Features(layers=[h], keep=None, coords=coords, grid=(4, 4))
 
 
 @pytest.mark.parametrize("order", ["raster", "hilbert", "random"])
@@ -97,14 +98,39 @@ def test_pool_tokens_by_hand(order: str) -> None:
 
 def test_pool_tokens_1d_and_3d_grids() -> None:
     h = torch.arange(8.0)[None, :, None]  # (1, 8, 1), raster
-    tok = Tokens(emb=h, coords=torch.arange(8)[:, None], grid=(8,))
+    tok = Features(layers=[h], keep=None, coords=torch.arange(8)[:, None], grid=(8,))
     torch.testing.assert_close(pool_tokens(h, tok, "grid2"), torch.tensor([[1.5, 5.5]]))
     coords = torch.from_numpy(scan_coords("raster", (2, 2, 2)))
     h3 = torch.arange(8.0)[None, :, None]
-    out = pool_tokens(h3, Tokens(emb=h3, coords=coords, grid=(2, 2, 2)), "grid2")
+    out = pool_tokens(h3, Features(layers=[h3], keep=None, coords=coords, grid=(2, 2, 2)), "grid2")
     torch.testing.assert_close(out, h3.reshape(1, -1))  # 2x2x2 cells of one token each
     with pytest.raises(ValueError, match="unknown pool 'max'"):
         pool_tokens(h, tok, "max")
+
+
+def test_pooling_ignores_padding() -> None:
+    """A sample padded with junk tokens (keep False) pools exactly like the unpadded sample."""
+    h, feats = _hand_tokens("hilbert")
+    junk = torch.full((1, 5, 2), 1e3)
+    padded_h = torch.cat([h, junk], 1)  # (1, 21, 2)
+    coords = torch.cat([feats.coords, torch.zeros(5, 2, dtype=feats.coords.dtype)])
+    keep = torch.cat([torch.ones(1, 16, dtype=torch.bool), torch.zeros(1, 5, dtype=torch.bool)], 1)
+    padded = Features(layers=[padded_h], keep=keep, coords=coords, grid=(4, 4))
+    for pool in ("mean", "last", "grid2", "grid4"):
+        torch.testing.assert_close(pool_tokens(padded_h, padded, pool), pool_tokens(h, feats, pool))
+    # without the mask the junk counts (the check above can fail)
+    unmasked = Features(layers=[padded_h], keep=None, coords=coords, grid=(4, 4))
+    assert pool_tokens(padded_h, unmasked, "mean")[0, 0] > 100
+
+
+def test_pool_features_start_takes_the_summary() -> None:
+    h, feats = _hand_tokens("raster")
+    summary = torch.tensor([[3.0, 4.0]])
+    with_start = Features(layers=[h], keep=None, coords=feats.coords, grid=(4, 4), summary=[summary])
+    torch.testing.assert_close(pool_features(with_start, 0, "start"), summary)
+    torch.testing.assert_close(pool_features(with_start, 0, "mean"), torch.tensor([[7.5, -7.5]]))
+    with pytest.raises(ValueError, match="no per-sample summary"):
+        pool_features(feats, 0, "start")
 
 
 def test_resolve_layer() -> None:
@@ -120,7 +146,7 @@ def test_resolve_layer() -> None:
 @pytest.mark.slow
 def test_knn_eval_of_a_trained_run(tiny_run) -> None:
     cfg, obj = load_run(tiny_run)
-    results = knn_eval(
+    results = knn_sweep(
         cfg, obj, torch.device("cpu"), layers=[1, -1], pools=["mean", "grid2"], attns=["causal"]
     )
     assert [(r["layer"], r["pool"]) for r in results] == [
@@ -131,8 +157,15 @@ def test_knn_eval_of_a_trained_run(tiny_run) -> None:
     ]
     for r in results:
         assert r["n_train"] == 256 and r["n_test"] == 128 and r["k"] == 10
+        assert r["attn"] == "causal"
         assert 0.2 < r["top1"] <= 1.0  # 10 digit classes: chance is 0.1
-    raw = raw_pixel_knn(cfg)
+    # knn_eval: one result at cfg.eval's layer (-2 -> block 1) and pool, under the backbone's
+    # own attention mode (eval.attn null -> the run's causal)
+    one = knn_eval(cfg, obj, torch.device("cpu"))
+    assert isinstance(one, dict)
+    assert (one["layer"], one["pool"], one["attn"]) == (1, "grid2", "causal")
+    assert one["top1"] == results[1]["top1"]
+    raw = raw_input_knn(cfg)
     assert raw["pool"] == "raw_pixels" and 0.5 < raw["top1"] <= 1.0  # pixels kNN on MNIST is strong
 
 
@@ -151,10 +184,13 @@ def test_extract_matches_features(tiny_run) -> None:
         batch_size=50,
     )
     assert feats[(2, "mean")].shape == (70, 32) and feats[(2, "last")].shape == (70, 32)
-    x = torch.stack([ds[i][0] for i in range(70)])
-    hs, _, _ = obj.features(x, layers=[2])
-    torch.testing.assert_close(feats[(2, "mean")], hs[0].mean(1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(feats[(2, "last")], hs[0][:, -1], atol=1e-5, rtol=1e-5)
+    batch = collate([ds[i] for i in range(70)])
+    assert batch["image"].shape == (70, 1, 28, 28)
+    torch.testing.assert_close(batch["label"], labels_of(ds))
+    out = obj.features(batch, layers=[2])  # attn None: the backbone's own (causal)
+    assert len(out.layers) == 1 and out.layers[0].shape == (70, 16, 32) and out.keep is None
+    torch.testing.assert_close(feats[(2, "mean")], out.layers[0].mean(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(feats[(2, "last")], out.layers[0][:, -1], atol=1e-5, rtol=1e-5)
 
 
 def test_random_init_differs_from_trained(tiny_run) -> None:
@@ -200,7 +236,7 @@ class _ClassSorted(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        return torch.full((1,), float(i)), int(self.labels[i])
+        return {"x": torch.full((1,), float(i)), "label": self.labels[i]}
 
 
 def test_eval_subset_is_a_seeded_random_draw_not_the_first_items() -> None:
@@ -208,9 +244,9 @@ def test_eval_subset_is_a_seeded_random_draw_not_the_first_items() -> None:
     sub = eval_subset(ds, 40)
     assert len(sub) == 40 and sub.num_classes == 4
     assert len(torch.unique(sub.labels)) == 4  # the first 40 would all be class 0
-    assert [sub[i][1] for i in range(40)] == sub.labels.tolist()  # labels follow the items
+    assert [int(sub[i]["label"]) for i in range(40)] == sub.labels.tolist()  # labels follow items
     again = eval_subset(ds, 40)
-    assert [again[i][0].item() for i in range(40)] == [sub[i][0].item() for i in range(40)]
+    assert [again[i]["x"].item() for i in range(40)] == [sub[i]["x"].item() for i in range(40)]
     other = eval_subset(ds, 40, seed=1)
-    assert [other[i][0].item() for i in range(40)] != [sub[i][0].item() for i in range(40)]
+    assert [other[i]["x"].item() for i in range(40)] != [sub[i]["x"].item() for i in range(40)]
     assert eval_subset(ds, None) is ds and eval_subset(ds, 500) is ds

@@ -28,6 +28,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 from torch.utils.data import Dataset
 
+from nepa.batch import FieldSpec, require_field
 from nepa.config import EvalConfig, OptimConfig, RunConfig, TrainConfig
 from nepa.data.base import DATASETS, DataConfig
 from nepa.data.paths import resolve_path
@@ -59,8 +60,8 @@ class Signal1dConfig(DataConfig):
     noise: float = Field(0.05, ge=0, description="train-time Gaussian jitter (in std units)")
 
     @property
-    def sample_shape(self) -> tuple[int, int]:
-        return (self.channels, self.length)
+    def fields(self) -> dict[str, FieldSpec]:
+        return {"signal": FieldSpec((self.channels, self.length)), "label": FieldSpec((), "int64")}
 
 
 @lru_cache(maxsize=4)
@@ -93,7 +94,7 @@ def _windows(path: str, length: int, stride: int) -> dict[str, np.ndarray]:
 
 
 class SignalWindows(Dataset):
-    """``ds[i]`` or ``ds[(i, aug_seed)]`` -> (x (C, L) float32, label 0..5)."""
+    """``ds[i]`` or ``ds[(i, aug_seed)]`` -> {"signal": (C, L) float32, "label": 0..5}."""
 
     num_classes = len(ACTIVITIES)
 
@@ -129,7 +130,7 @@ class SignalWindows(Dataset):
         if self.train and aug_seed is not None and self.cfg.noise:
             x = x + self.cfg.noise * np.random.default_rng(int(aug_seed)).standard_normal(x.shape)
         x_CL = torch.from_numpy(np.ascontiguousarray(x.T, dtype=np.float32))
-        return x_CL, int(self.labels[index])
+        return {"signal": x_CL, "label": self.labels[index]}
 
 
 @DATASETS.register("toy_signal_1d", config=Signal1dConfig)
@@ -145,14 +146,11 @@ class Conv1dPatchConfig(EncoderConfig):
     patch_size: PositiveInt = 16
     scan: str = "raster"
 
-    def check_input(self, sample_shape: tuple[int, ...]) -> None:
-        if len(sample_shape) != 2:
+    def check_fields(self, fields: dict[str, FieldSpec]) -> None:
+        spec = require_field(fields, "signal", ndim=2, reader="encoder 'conv1d_patch' (C, L)")
+        if spec.shape[1] % self.patch_size:
             raise ValueError(
-                f"encoder 'conv1d_patch' needs (C, L) samples, the data gives {sample_shape}"
-            )
-        if sample_shape[1] % self.patch_size:
-            raise ValueError(
-                f"signal length {sample_shape[1]} is not divisible by encoder.patch_size={self.patch_size}"
+                f"signal length {spec.shape[1]} is not divisible by encoder.patch_size={self.patch_size}"
             )
         if self.scan not in SCANS:
             raise ValueError(f"unknown scan order {self.scan!r}; known: {', '.join(SCANS.names())}")
@@ -160,22 +158,22 @@ class Conv1dPatchConfig(EncoderConfig):
 
 @ENCODERS.register("conv1d_patch", config=Conv1dPatchConfig)
 class Conv1dPatch(Encoder):
-    """(B, C, L) -> Tokens: emb (B, L / patch, D) in scan order, coords (T, 1)."""
+    """``batch["signal"]`` (B, C, L) -> Tokens: emb (B, L / patch, D) in scan order, coords (T, 1)."""
 
     n_axes = 1
 
-    def __init__(self, cfg: Conv1dPatchConfig, *, dim: int, sample_shape: tuple[int, ...]) -> None:
+    def __init__(self, cfg: Conv1dPatchConfig, *, dim: int, fields: dict[str, FieldSpec]) -> None:
         super().__init__()
-        cfg.check_input(sample_shape)
-        C, L = sample_shape
+        cfg.check_fields(fields)
+        C, L = fields["signal"].shape
         self.proj = nn.Conv1d(C, dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.grid = (L // cfg.patch_size,)
         order = torch.from_numpy(scan_order(cfg.scan, self.grid))
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("coords", order[:, None].clone(), persistent=False)  # (T, 1)
 
-    def forward(self, x_BCL: torch.Tensor) -> Tokens:
-        emb = self.proj(x_BCL).transpose(1, 2)  # (B, T, D) in time order
+    def forward(self, batch: dict[str, torch.Tensor]) -> Tokens:
+        emb = self.proj(batch["signal"]).transpose(1, 2)  # (B, T, D) in time order
         return Tokens(emb=emb[:, self.order], coords=self.coords, grid=self.grid)
 
 
@@ -198,16 +196,26 @@ class UserNepaMse(Nepa):
     """scale * mean ||normalize(p) - normalize(t)||^2 (= scale * (2 - 2 cos)), same shift and
     stop-gradient as NEPA."""
 
-    def forward(self, x):
-        tok = self.encoder(x)
+    def forward(self, batch):
+        tok = self.encoder(batch)
         h = self.predictor(tok.emb, tok.coords, tok.grid, tok.keep)
-        p, t = prediction_target(h, tok.emb, self.cfg.shift, self.cfg.stop_grad)
+        p, t, _ = prediction_target(
+            h,
+            tok.emb,
+            tok.keep,
+            shift=self.cfg.shift,
+            stop_grad=self.cfg.stop_grad,
+            start_token=self.predictor.has_start_token,
+        )
         diff = nn.functional.normalize(p.float(), dim=-1) - nn.functional.normalize(
             t.float(), dim=-1
         )
         loss = self.cfg.scale * diff.pow(2).sum(-1).mean()
-        self._last_p = p.detach()
-        return loss, {"loss": loss.detach(), "tokens": float(p.shape[0] * p.shape[1])}
+        self.collapse.observe(p)  # the collapse monitor, as NEPA's
+        return loss, {
+            "tokens": float(p.shape[0] * p.shape[1]),
+            "cos": 1 - diff.pow(2).sum(-1).mean().detach() / 2,
+        }
 
 
 # ------------------------------------------------------------------------------ recipe
