@@ -8,7 +8,7 @@ the package (imported from ``nepa/__init__``) or in a user's own module.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -84,7 +84,3 @@ class Registry(Generic[T]):
     def __repr__(self) -> str:
         return f"Registry({self.what!r}, {self.names()})"
 
-
-def build(registry: Registry[Any], cfg: BaseModel, **kwargs: Any) -> Any:
-    """Build the component named by ``cfg.kind`` with its config and extra keyword arguments."""
-    return registry.get(cfg.kind)(cfg, **kwargs)  # type: ignore[attr-defined]

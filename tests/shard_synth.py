@@ -83,7 +83,8 @@ def truncate(path: Path, keep_fraction: float = 0.5) -> None:
 
 
 def take(data, n: int, *, rank=0, world=1, workers=0, start=0, batch=16, accum=1) -> list:
-    """The first ``n`` micro-batches ``(x, y, meta)`` of a shard dataset's training loader."""
+    """The first ``n`` micro-batches ``(batch, meta)`` of a shard dataset's training loader
+    (``batch`` a dict of tensors)."""
     loader = data.make_train_loader(
         global_batch=batch,
         accum=accum,

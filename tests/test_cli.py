@@ -17,7 +17,7 @@ from nepa.config import validate
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == nepa.__version__ == "0.1.0"
+    assert capsys.readouterr().out.strip() == nepa.__version__ == "0.2.0"
 
 
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,12 +75,13 @@ def _eval(run: Path, out: Path, *extra: str) -> dict | list:
 def test_eval_knn_json(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     res = _eval(tiny_run, tmp_path / "knn.json")
     assert {"top1", "n_train", "n_test", "layer", "pool"} <= set(res)
+    assert res["protocol"] == "knn" and res["random_init"] is False
     assert (
         res["n_train"] == 256
         and res["n_test"] == 128
         and res["layer"] == 1  # default eval.layer=-2: the penultimate of 2 blocks
         and res["pool"] == "grid2"
-        and res["attn"] == "causal"
+        and res["attn"] == "causal"  # eval.attn null: the run's own training mode
     )
     assert 0.2 < res["top1"] <= 1.0  # 10 classes
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == res  # also printed
@@ -102,25 +103,28 @@ def test_eval_knn_random_init(
     res = _eval(tiny_run, tmp_path / "rand.json", "--random-init")
     assert loaded == []  # the trained weights were not loaded
     assert res["n_train"] == 256 and res["n_test"] == 128 and 0.0 <= res["top1"] <= 1.0
+    assert res["protocol"] == "knn" and res["random_init"] is True
     _eval(tiny_run, tmp_path / "trained.json")
     assert loaded == [tiny_run]
 
 
 def test_eval_knn_raw_pixels(tiny_run: Path, tmp_path: Path) -> None:
     from nepa.eval.load import load_run_config
-    from nepa.eval.run import raw_pixel_knn
+    from nepa.eval.run import raw_input_knn
 
     res = _eval(tiny_run, tmp_path / "raw.json", "--raw-pixels")
     assert res["pool"] == "raw_pixels" and res["n_train"] == 256 and res["n_test"] == 128
-    assert res["top1"] == raw_pixel_knn(load_run_config(tiny_run))["top1"] > 0.5  # digits
+    assert res["protocol"] == "knn" and res["random_init"] is False
+    assert res["top1"] == raw_input_knn(load_run_config(tiny_run))["top1"] > 0.5  # digits
 
 
 @pytest.mark.slow
-def test_eval_knn_sweep(tiny_run: Path, tmp_path: Path) -> None:
+def test_eval_knn_sweep(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     res = _eval(tiny_run, tmp_path / "sweep.json", "--sweep")
     assert isinstance(res, list)
     pools = {r["pool"] for r in res}
-    assert {"mean", "last", "grid2"} <= pools
+    assert pools == {"mean", "last", "start", "grid2", "grid4"}
+    assert all(r["protocol"] == "knn" and r["random_init"] is False for r in res)
     # every layer x pool x attention mode, once each
     combos = [(r["layer"], r["pool"], r["attn"]) for r in res]
     assert len(combos) == len(set(combos)) == 2 * len(pools) * 2
@@ -131,6 +135,14 @@ def test_eval_knn_sweep(tiny_run: Path, tmp_path: Path) -> None:
         for attn in ("causal", "bidirectional")
     }
     assert all(r["n_train"] == 256 and 0.0 <= r["top1"] <= 1.0 for r in res)
+    # printed: a Markdown table (one row per attn x pool, one column per block), then the JSON
+    out = capsys.readouterr().out.strip().splitlines()
+    table, lines = out[: 2 + 2 * len(pools)], out[2 + 2 * len(pools) :]
+    assert table[0] == "| kNN top-1 % | block 1 | block 2 |" and table[1] == "|---|---|---|"
+    first = res[0]
+    row = f"| {first['attn']}, {first['pool']} | "
+    assert any(line.startswith(row) and f"{100 * first['top1']:.2f}" in line for line in table)
+    assert [json.loads(line) for line in lines] == res
 
 
 def test_eval_knn_errors(

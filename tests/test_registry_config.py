@@ -11,6 +11,7 @@ import torch
 from pydantic import ValidationError
 from tiny_recipe import TINY_RECIPE, tiny, tiny_with
 
+from nepa.batch import LABEL, LABEL_FIELD, FieldSpec
 from nepa.cli import main
 from nepa.config import (
     ConfigError,
@@ -23,7 +24,7 @@ from nepa.config import (
 from nepa.encoders.base import ENCODERS, build_encoder
 from nepa.encoders.image import ImageEncoder, ImageEncoderConfig
 from nepa.encoders.scans import scan_coords, scan_order
-from nepa.registry import Registry, RegistryError, build
+from nepa.registry import Registry, RegistryError
 from nepa.schema import ComponentConfig
 from nepa.tokens import Tokens
 
@@ -32,12 +33,18 @@ from nepa.tokens import Tokens
 USER_PLUGIN = Path(__file__).resolve().parent / "user_plugins" / "signal_1d.py"
 import_file(USER_PLUGIN)
 
-# One small valid sample shape (and config) per registered encoder. A new encoder must add a
-# line here: `test_every_encoder_has_an_example` fails until it does.
-ENCODER_EXAMPLES: dict[str, tuple[tuple[int, ...], dict]] = {
-    "image": ((3, 12, 16), {"patch_size": 4, "scan": "hilbert"}),
-    "conv1d_patch": ((6, 64), {"patch_size": 8, "scan": "snake"}),
+# One small valid example per registered encoder: the field it reads, that field's per-sample
+# shape, and its config. A new encoder must add a line here: `test_every_encoder_has_an_example`
+# fails until it does.
+ENCODER_EXAMPLES: dict[str, tuple[str, tuple[int, ...], dict]] = {
+    "image": ("image", (3, 12, 16), {"patch_size": 4, "scan": "hilbert"}),
+    "conv1d_patch": ("signal", (6, 64), {"patch_size": 8, "scan": "snake"}),
 }
+
+
+def _fields(field: str, shape: tuple[int, ...]) -> dict[str, FieldSpec]:
+    """A data declaration with one input field and the usual label."""
+    return {field: FieldSpec(shape), LABEL: LABEL_FIELD}
 
 
 # ------------------------------------------------------------------------------ registry
@@ -58,7 +65,6 @@ def test_registry_register_get_build() -> None:
     assert reg.get("thing") is make
     assert reg.config_class("thing") is _ThingConfig
     assert "thing" in reg and len(reg) == 1 and list(reg) == ["thing"]
-    assert build(reg, _ThingConfig(size=3), scale=2) == 6
 
 
 def test_registry_duplicate_name_raises() -> None:
@@ -118,13 +124,14 @@ def test_encoder_contract(kind: str) -> None:
     """Every registered encoder: Tokens of the right shapes, finite, all parameters trained."""
     if kind not in ENCODER_EXAMPLES:
         pytest.fail(f"no example for encoder {kind!r}: add one to ENCODER_EXAMPLES")
-    shape, kw = ENCODER_EXAMPLES[kind]
+    field, shape, kw = ENCODER_EXAMPLES[kind]
     cfg = ENCODERS.config_class(kind).model_validate({"kind": kind, **kw})
-    cfg.check_input(shape)
+    fields = _fields(field, shape)
+    cfg.check_fields(fields)
     torch.manual_seed(0)
-    enc = build_encoder(cfg, dim=16, sample_shape=shape)
-    x = torch.randn(3, *shape)
-    tok = enc(x)
+    enc = build_encoder(cfg, dim=16, fields=fields)
+    batch = {field: torch.randn(3, *shape), LABEL: torch.zeros(3, dtype=torch.int64)}
+    tok = enc(batch)
     assert isinstance(tok, Tokens)
     T = tok.emb.shape[1]
     assert tok.emb.shape == (3, T, 16) and tok.emb.dtype == torch.float32
@@ -142,20 +149,24 @@ def test_encoder_contract(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ENCODERS.names())
 def test_encoder_rejects_bad_shapes(kind: str) -> None:
-    shape, kw = ENCODER_EXAMPLES[kind]
+    field, shape, kw = ENCODER_EXAMPLES[kind]
     cfg = ENCODERS.config_class(kind).model_validate({"kind": kind, **kw})
+    cfg.check_fields(_fields(field, shape))  # the example itself is fine
     with pytest.raises(ValueError):
-        cfg.check_input((*shape, 1))  # one axis too many
+        cfg.check_fields(_fields(field, (*shape, 1)))  # one axis too many
     with pytest.raises(ValueError):
-        cfg.check_input((*shape[:-1], shape[-1] + 1))  # last axis not divisible by the patch
+        cfg.check_fields(_fields(field, (*shape[:-1], shape[-1] + 1)))  # not divisible by patch
+    with pytest.raises(ValueError, match=f"reads field {field!r}, which the data does not"):
+        cfg.check_fields(_fields("other", shape))  # the field it reads is missing
 
 
 def test_image_encoder_patch_embedding_by_hand() -> None:
     """Token at grid cell (r, c) is the conv of exactly the pixels of patch (r, c)."""
     torch.manual_seed(0)
-    enc = ImageEncoder(ImageEncoderConfig(patch_size=(2, 3)), dim=5, sample_shape=(2, 6, 9))
+    fields = {"image": FieldSpec((2, 6, 9))}
+    enc = ImageEncoder(ImageEncoderConfig(patch_size=(2, 3)), dim=5, fields=fields)
     x = torch.randn(2, 2, 6, 9)
-    tok = enc(x)
+    tok = enc({"image": x})
     assert tok.grid == (3, 3)
     W = enc.proj.weight.reshape(5, -1)  # (D, C*ph*pw)
     for i, (r, c) in enumerate(tok.coords.tolist()):
@@ -167,15 +178,14 @@ def test_image_encoder_patch_embedding_by_hand() -> None:
 def test_scan_order_wiring(scan: str) -> None:
     """coords = scan_coords(scan, grid); embeddings are the raster ones, permuted the same way."""
     shape = (3, 24, 32)
+    fields = {"image": FieldSpec(shape)}
     torch.manual_seed(0)
-    raster = ImageEncoder(
-        ImageEncoderConfig(patch_size=4, scan="raster"), dim=8, sample_shape=shape
-    )
+    raster = ImageEncoder(ImageEncoderConfig(patch_size=4, scan="raster"), dim=8, fields=fields)
     other = ImageEncoder(
-        ImageEncoderConfig(patch_size=4, scan=scan, scan_seed=3), dim=8, sample_shape=shape
+        ImageEncoderConfig(patch_size=4, scan=scan, scan_seed=3), dim=8, fields=fields
     )
     other.load_state_dict(raster.state_dict())
-    x = torch.randn(2, *shape)
+    x = {"image": torch.randn(2, *shape)}
     tr, to = raster(x), other(x)
     grid = (6, 8)
     assert tr.grid == to.grid == grid
@@ -266,6 +276,20 @@ def test_image_not_divisible_by_patch_fails_at_config_time() -> None:
         )
 
 
+def test_encoder_that_cannot_read_the_data_fails_at_config_time() -> None:
+    """The image encoder reading a field the data lacks, and a 1-D encoder on image data."""
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(tiny(), ["encoder.field=pixels"])
+    msg = str(e.value)
+    assert "encoder 'image' cannot read data 'image_npz'" in msg
+    assert "reads field 'pixels', which the data does not declare" in msg
+    assert "image (1, 28, 28) float32" in msg  # what the data does declare
+    data = tiny().model_dump(mode="json")
+    data["encoder"] = {"kind": "conv1d_patch", "patch_size": 7}
+    with pytest.raises(ConfigError, match="encoder 'conv1d_patch' cannot read data 'image_npz'"):
+        validate(data)
+
+
 def test_unknown_encoder_kind_lists_known_kinds() -> None:
     with pytest.raises(ConfigError) as e:
         apply_overrides(tiny(), ["encoder.kind=nope"])
@@ -280,7 +304,7 @@ def test_unknown_key_inside_a_registered_component_names_it() -> None:
     with pytest.raises(ConfigError) as e:
         validate(data)
     assert (
-        "encoder.patchsize: unknown key; valid keys here: kind, patch_size, scan, scan_seed"
+        "encoder.patchsize: unknown key; valid keys here: kind, field, patch_size, scan, scan_seed"
         in str(e.value)
     )
 
@@ -299,7 +323,7 @@ def test_cross_field_errors_say_how_to_fix() -> None:
         apply_overrides(tiny(), ["train.accum=3"])
     with pytest.raises(ConfigError, match="prefix_len > 0"):
         apply_overrides(tiny(), ["predictor.attn=prefix"])
-    with pytest.raises(ConfigError, match="prefix_len is only used with mask='prefix'"):
+    with pytest.raises(ConfigError, match="prefix_len is only used with attn='prefix'"):
         apply_overrides(tiny(), ["predictor.prefix_len=2"])
     with pytest.raises(ConfigError, match="must be even"):
         apply_overrides(tiny(), ["predictor.dim=30", "predictor.heads=2"])

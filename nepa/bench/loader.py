@@ -125,6 +125,7 @@ def rate(loader, batch: int, batches: int, warmup: int) -> float:
 
 def model_rate(steps: int, batch: int = 64) -> float:
     """Training samples per second of the demo model on (batch, 3, 32, 32) inputs."""
+    from nepa.batch import placeholder_batch
     from nepa.config import OptimConfig
     from nepa.data.shards.image import ImageShardsConfig
     from nepa.demo_recipe import demo
@@ -135,12 +136,13 @@ def model_rate(steps: int, batch: int = 64) -> float:
     data = ImageShardsConfig(source=".", image_size=32, channels=3, mean=MEAN, std=STD)
     cfg = cfg.model_validate({**cfg.model_dump(), "data": data.model_dump()})
     objective = build_objective(cfg)
-    optimizer = build_optimizer(objective, OptimConfig())
-    x = torch.randn(batch, 3, 32, 32)
+    optimizer = build_optimizer(objective.param_groups(OptimConfig()), OptimConfig())
+    batch_dict = placeholder_batch(cfg.data.fields, batch)
+    batch_dict["image"] = torch.randn(batch, 3, 32, 32)
     times = []
     for i in range(steps + 2):
         t = time.perf_counter()
-        loss, _ = objective(x)
+        loss, _ = objective(batch_dict)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -33,6 +33,7 @@ from nepa.device import pick_device
 from nepa.objectives.nepa import nepa_loss, prediction_target
 from nepa.predictor import PredictorConfig
 from nepa.predictor.attention import xformers_available
+from nepa.params import decay_groups
 from nepa.train.optim import build_optimizer
 
 PRECISIONS = ("fp32", "bf16")
@@ -87,14 +88,18 @@ def make_step(
     device: torch.device,
 ) -> tuple[Callable[[], None], list[torch.Tensor]]:
     """A closure running one training step; the second value collects its losses."""
-    opt = build_optimizer(model, OptimConfig())
+    cfg = OptimConfig()
+    opt = build_optimizer(decay_groups(model, cfg.weight_decay, model.no_weight_decay()), cfg)
     losses: list[torch.Tensor] = []
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             h = model(emb, coords, grid)  # (B, T + 1, D)
-            loss = nepa_loss(*prediction_target(h, emb, shift=True, stop_grad=True))
+            p, t, _ = prediction_target(
+                h, emb, None, shift=True, stop_grad=True, start_token=True
+            )
+            loss = nepa_loss(p, t)
         loss.backward()
         opt.step()
         losses.append(loss.detach())

@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from nepa.encoders.scans import SCANS, draw_path_png, render_grid, scan_order
+from nepa.encoders.scans import SCANS, render_grid, scan_order
 from nepa.registry import RegistryError
+from nepa.viz.scans import draw_path_png
 
 GRID_HELP = "N (1-D), HxW (2-D) or TxHxW (3-D, time-major), positive integers, e.g. 8x8"
 ALL = "all"  # --order all: every registered order

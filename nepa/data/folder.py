@@ -23,7 +23,7 @@ from typing import TypeVar
 import numpy as np
 
 from nepa.data.cache import Arrays, load_or_build
-from nepa.data.decode import DecodeError, decode_image_bytes, exts_of
+from nepa.data.decode import DecodeError, decode_bytes, exts_of
 from nepa.data.paths import file_fingerprint, stable_hash
 
 log = logging.getLogger(__name__)
@@ -158,10 +158,10 @@ class DecodedSplit:
     n_skipped: int
 
 
-def decode(data: bytes) -> np.ndarray:
-    """Decode an encoded image to (H, W, C) uint8 with its own channel count (gray stays C=1);
-    raises :class:`~nepa.data.decode.DecodeError`."""
-    return decode_image_bytes(data).permute(1, 2, 0).numpy()
+def decode(data: bytes, ext: str = "png") -> np.ndarray:
+    """Decode an encoded image with the decoder registered for ``ext`` to (H, W, C) uint8 with
+    its own channel count (gray stays C=1); raises :class:`~nepa.data.decode.DecodeError`."""
+    return decode_bytes(ext, data).permute(1, 2, 0).numpy()
 
 
 def read_image_folder(root: Path, split: str) -> DecodedSplit:
@@ -198,7 +198,7 @@ def _decode_split(root: Path, files: list[tuple[str, Path]] | None, split: str) 
 
     def take(rel: str, load: Load) -> np.ndarray | None:
         try:
-            return decode(load())
+            return decode(load(), file_ext(rel))
         except DecodeError as e:
             skipped.append(f"{rel} ({e})")
             return None

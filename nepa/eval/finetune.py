@@ -2,9 +2,10 @@
 
 A copy of the objective's backbone becomes a classifier with **bidirectional** attention and
 drop-path (neither needs new parameters): mean-pooled real tokens (the start token excluded) ->
-LayerNorm -> zero-initialised Linear. The input embedding (the backbone's layer group 0) is
-frozen. AdamW with layer-wise lr decay (``linear``: scale rising linearly from 0.35 at the patch
-embedding to 1.0 at the head, which the paper found better than ``fixed``: 0.65 per layer),
+LayerNorm -> zero-initialised Linear. The input embedding (``backbone.input_embedding()``: the
+patch embedding; the start token is trained) is frozen. AdamW with layer-wise lr decay
+(``linear``: scale rising linearly from 0.35 at the patch embedding to 1.0 at the head, which
+the paper found better than ``fixed``: 0.65 per layer),
 warm-up + cosine; RandAugment on the uint8 crop, then MixUp / CutMix (one chosen per batch)
 with soft targets and label smoothing.
 
@@ -90,6 +91,9 @@ class Classifier(nn.Module):
         feats = self.backbone(batch, layers=[self.backbone.depth], attn=self.attn)
         return self.head(self.fc_norm(pool_tokens(feats.layers[0], feats, "mean")))
 
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
     def layer_groups(self) -> list[list[tuple[str, nn.Parameter]]]:
         """The backbone's groups (0: input embedding ... depth + 1: final norm), with the new
         norm and head joining the top group."""
@@ -112,7 +116,8 @@ def layer_scale(layer: int, depth: int, cfg: FinetuneConfig) -> float:
 
 def build_optimizer(model: Classifier, cfg: FinetuneConfig) -> torch.optim.AdamW:
     """AdamW with one group per (layer, decay or not); each group's ``lr`` is ``cfg.lr`` x its
-    ``lr_scale``. Frozen parameters (the patch embedding) are left out."""
+    ``lr_scale``. Norms, biases and the backbone's ``no_weight_decay()`` (the start token) are
+    not decayed; frozen parameters (the patch embedding) are left out."""
     groups = model.layer_groups()
     depth = len(groups) - 2
     layer_of = {name: i for i, g in enumerate(groups) for name, _ in g}
@@ -120,6 +125,7 @@ def build_optimizer(model: Classifier, cfg: FinetuneConfig) -> torch.optim.AdamW
     param_groups = decay_groups(
         params,
         cfg.weight_decay,
+        model.no_weight_decay(),
         lr_scale=lambda name: layer_scale(layer_of[name], depth, cfg),
     )
     for g in param_groups:
@@ -130,10 +136,10 @@ def build_optimizer(model: Classifier, cfg: FinetuneConfig) -> torch.optim.AdamW
 
 def finetune_classifier(objective: Objective, num_classes: int, cfg: FinetuneConfig) -> Classifier:
     """A copy of the objective's backbone (its weights, not shared) under a fresh pooled head,
-    with drop-path and its input embedding (layer group 0) frozen, as the reference does."""
+    with drop-path and its input embedding frozen, as the reference does."""
     backbone = copy.deepcopy(objective.backbone())
     backbone.set_drop_path(cfg.drop_path)
-    for _, p in backbone.layer_groups()[0]:
+    for _, p in backbone.input_embedding():
         p.requires_grad_(False)
     return Classifier(backbone, num_classes)
 

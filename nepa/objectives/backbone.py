@@ -58,8 +58,18 @@ class Backbone(nn.Module):
 
     def layer_groups(self) -> list[list[tuple[str, nn.Parameter]]]:
         """Parameters from input (group 0, the input embedding) to output, one group per layer;
-        fine-tuning scales each group's lr (layer-wise decay) and freezes group 0."""
+        fine-tuning scales each group's lr (layer-wise decay) and freezes
+        :meth:`input_embedding`."""
         raise NotImplementedError
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters (besides norms and biases) fine-tuning does not decay."""
+        return set()
+
+    def input_embedding(self) -> list[tuple[str, nn.Parameter]]:
+        """The parameters fine-tuning keeps frozen, as the reference freezes the patch
+        embedding; by default layer group 0."""
+        return self.layer_groups()[0]
 
     def set_drop_path(self, rate: float) -> None:
         """Stochastic depth for fine-tuning (0 disables)."""
@@ -117,6 +127,13 @@ class TokenBackbone(Backbone):
             else:  # the final norm, and anything else after the blocks
                 groups[-1].append((name, p))
         return groups
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"predictor.{n}" for n in self.predictor.no_weight_decay()}
+
+    def input_embedding(self) -> list[tuple[str, nn.Parameter]]:
+        # The encoder only: the start token shares layer group 0's lr but is trained.
+        return list(self.encoder.named_parameters(prefix="encoder"))
 
     def set_drop_path(self, rate: float) -> None:
         self.predictor.set_drop_path(rate)

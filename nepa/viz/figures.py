@@ -14,10 +14,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from nepa.encoders.scans import SCANS, draw_path, scan_order
+from nepa.encoders.scans import SCANS, scan_order
 from nepa.viz.attention import AttentionMaps
 from nepa.viz.grid import Cell
 from nepa.viz.image_input import ImageInput
+from nepa.viz.scans import draw_path
 from nepa.viz.similarity import SimilarityMaps
 
 PANEL = 2.4  # inches per panel

@@ -81,11 +81,26 @@ def test_cli_writes_json(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    "change", [{"precisions": ("fp16",)}, {"heads": 5}, {"dim": 36, "heads": 2}, {"batch": 0}]
+    "change",
+    [
+        {"precisions": ("fp16",)},
+        {"heads": 5},
+        {"dim": 30, "heads": 2},  # head dim 15: odd
+        {"batch": 0},
+        {"device": "tpu"},
+    ],
 )
 def test_bad_config_raises_before_running(change) -> None:
     with pytest.raises(ValueError):
         check_config(StepBenchConfig(**{**TINY, **change}))
+
+
+def test_head_dim_need_not_fill_every_rope_axis() -> None:
+    """Head dim 18 over a 2-axis grid: RoPE rotates 4 pairs per axis and leaves one pair
+    unrotated (the predictor allows it), so the benchmark accepts it."""
+    assert (
+        check_config(StepBenchConfig(**{**TINY, "dim": 36, "heads": 2}, device="cpu")).type == "cpu"
+    )
 
 
 def test_predictor_fast_paths_equal_reference_formulas() -> None:

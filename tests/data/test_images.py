@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from torch.utils.data import DataLoader
 
 import nepa.data.folder as folder
+from nepa.batch import FieldSpec, collate
 from nepa.data.base import DATASETS, build_dataset
 from nepa.data.images import ImageFolderConfig, ImageNpzConfig, subset_indices
 from nepa.data.paths import resolve_path
@@ -113,10 +114,15 @@ def test_archive_shapes_labels_and_counted_skip(archive: Path, caplog) -> None:
     assert "bad0.png" in warnings[0]
     assert len(ds) == 18 and ds.num_classes == 3 and ds.classes == CLASSES
     assert ds.labels.dtype == torch.int64 and ds.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    assert cfg.fields == {"image": FieldSpec((3, 8, 6)), "label": FieldSpec((), "int64")}
     for key in (0, (5, 123)):
-        x, y = ds[key]
-        assert x.dtype == torch.float32 and tuple(x.shape) == cfg.sample_shape == (3, 8, 6)
-        assert isinstance(y, int) and torch.isfinite(x).all()
+        sample = ds[key]
+        assert set(sample) == {"image", "label"}
+        x, y = sample["image"], sample["label"]
+        assert x.dtype == torch.float32 and tuple(x.shape) == cfg.fields["image"].shape
+        index = key[0] if isinstance(key, tuple) else key
+        assert y.dtype == torch.int64 and y.shape == () and int(y) == int(ds.labels[index])
+        assert torch.isfinite(x).all()
     test = build_dataset(cfg, split="test", train=False)
     assert len(test) == 6 and test.classes == CLASSES
 
@@ -151,7 +157,7 @@ def test_cache_reused_and_invalidated(archive: Path, monkeypatch: pytest.MonkeyP
     cfg = _folder(archive, mean=(0.5,) * 3, std=(0.5,) * 3)
     first = build_dataset(cfg, split="train", train=False)
 
-    def boom(data: bytes) -> np.ndarray:
+    def boom(data: bytes, ext: str = "png") -> np.ndarray:
         raise AssertionError("decoded again despite the cache")
 
     monkeypatch.setattr(folder, "decode", boom)
@@ -179,7 +185,7 @@ def test_mixed_sizes_kept_per_image(tmp_path: Path) -> None:
             (3, 8, 8),
             (3, 10, 6),
         }
-        assert all(tuple(ds[(i, i)][0].shape) == (3, 8, 8) for i in range(len(ds)))
+        assert all(tuple(ds[(i, i)]["image"].shape) == (3, 8, 8) for i in range(len(ds)))
 
 
 # ---------------------------------------------------------------- transforms
@@ -187,16 +193,17 @@ def test_mixed_sizes_kept_per_image(tmp_path: Path) -> None:
 
 def test_eval_normalised_with_computed_stats(npz_path: Path) -> None:
     ds = build_dataset(_npz(npz_path), split="train", train=False)
-    x = torch.stack([ds[i][0] for i in range(len(ds))])  # (N, 1, 8, 8)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])  # (N, 1, 8, 8)
     assert abs(x.mean().item()) < 1e-4 and abs(x.std(unbiased=False).item() - 1) < 1e-4
 
 
 def test_eval_resizes_only_when_needed(npz_path: Path) -> None:
     stats = {"mean": (0.0,), "std": (1.0,)}
     same = build_dataset(_npz(npz_path, **stats), split="test", train=False)
-    assert torch.allclose(same[3][0], same.images[3].float() / 255, atol=1e-6)  # no resampling
+    no_resampling = same.images[3].float() / 255
+    assert torch.allclose(same[3]["image"], no_resampling, atol=1e-6)
     big = build_dataset(_npz(npz_path, image_size=(16, 12), **stats), split="test", train=False)
-    assert tuple(big[3][0].shape) == (1, 16, 12)
+    assert tuple(big[3]["image"].shape) == (1, 16, 12)
 
 
 def test_train_aug_is_seeded_and_leaves_global_rng(
@@ -210,12 +217,12 @@ def test_train_aug_is_seeded_and_leaves_global_rng(
 
     monkeypatch.setattr(torch.cuda, "manual_seed_all", reseed_gpus)
     state = torch.get_rng_state()
-    a, b, c = ds[(3, 11)][0], ds[(3, 11)][0], ds[(3, 12)][0]
+    a, b, c = ds[(3, 11)]["image"], ds[(3, 11)]["image"], ds[(3, 12)]["image"]
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.equal(ds[3][0], ds[3][0])  # an int key takes the deterministic eval path
+    assert torch.equal(ds[3]["image"], ds[3]["image"])  # an int key: the deterministic eval path
     eval_ds = build_dataset(_npz(npz_path), split="train", train=False)
-    assert torch.equal(eval_ds[(3, 11)][0], eval_ds[3][0])
+    assert torch.equal(eval_ds[(3, 11)]["image"], eval_ds[3]["image"])
 
 
 def test_train_aug_same_in_another_process(npz_path: Path, tmp_path: Path) -> None:
@@ -224,18 +231,20 @@ def test_train_aug_same_in_another_process(npz_path: Path, tmp_path: Path) -> No
         "import sys, torch; from nepa.data.images import ImageNpzConfig; "
         "from nepa.data.base import build_dataset; "
         "cfg = ImageNpzConfig(path=sys.argv[1], image_size=6, channels=1); "
-        "torch.save(build_dataset(cfg, split='train', train=True)[(5, 99)][0], sys.argv[2])"
+        "torch.save(build_dataset(cfg, split='train', train=True)[(5, 99)]['image'], sys.argv[2])"
     )
     out = tmp_path / "x.pt"
     subprocess.run([sys.executable, "-c", code, str(npz_path), str(out)], check=True)
-    assert torch.equal(torch.load(out), ds[(5, 99)][0])
+    assert torch.equal(torch.load(out), ds[(5, 99)]["image"])
 
 
 def test_works_as_dataloader_with_step_sampler(npz_path: Path) -> None:
     ds = build_dataset(_npz(npz_path), split="train", train=True)
     sampler = StepBatchSampler(len(ds), global_batch=8, accum=2, seed=0)
-    x, y = next(iter(DataLoader(ds, batch_sampler=sampler)))
-    assert x.shape == (4, 1, 8, 8) and y.dtype == torch.int64
+    batch = next(iter(DataLoader(ds, batch_sampler=sampler, collate_fn=collate)))
+    x, y = batch["image"], batch["label"]
+    assert x.shape == (4, 1, 8, 8) and y.shape == (4,) and y.dtype == torch.int64
+    assert y.tolist() == [int(ds.labels[i]) for i, _ in sampler.micro(0)]
 
 
 # ---------------------------------------------------------------- subsets and errors
@@ -313,7 +322,7 @@ def test_nepa_prefix_finds_shipped_demo() -> None:
         path="nepa:assets/demo/demo.npz", image_size=28, channels=1, limit_test=100
     )
     ds = build_dataset(cfg, split="test", train=False)
-    assert len(ds) == 100 and ds.num_classes == 10 and ds[0][0].shape == (1, 28, 28)
+    assert len(ds) == 100 and ds.num_classes == 10 and ds[0]["image"].shape == (1, 28, 28)
 
 
 # ---------------------------------------------------------------- real data
@@ -325,7 +334,7 @@ def test_real_mnist(tmp_path: Path) -> None:
         path="${NEPA_DATA_DIR}/mnist.npz", image_size=28, channels=1, limit_train=600
     )
     ds = build_dataset(cfg, split="train", train=False)
-    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
     assert x.shape == (600, 1, 28, 28) and ds.num_classes == 10
     assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
     assert torch.bincount(ds.labels).min() >= 50  # stratified over the 10 digits
@@ -349,5 +358,5 @@ def test_real_cifar10_archive(monkeypatch: pytest.MonkeyPatch) -> None:
     ds = build_dataset(cfg, split="test", train=True)
     assert len(ds) == 500 and ds.num_classes == 10 and ds.classes[0] == "airplane"
     assert torch.bincount(ds.labels).tolist() == [50] * 10
-    x = torch.stack([ds[(i, i)][0] for i in range(0, 500, 5)])
+    x = torch.stack([ds[(i, i)]["image"] for i in range(0, 500, 5)])
     assert x.shape == (100, 3, 32, 32) and abs(x.mean().item()) < 0.3

@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from nepa.cli import main
 from nepa.encoders.scans import (
     SCANS,
-    draw_path_png,
     inverse,
     render_grid,
     scan_coords,
     scan_order,
 )
 from nepa.registry import RegistryError
+from nepa.viz.scans import draw_path_png
 
 ALL = SCANS.names()
 NEIGHBOUR_SCANS = ["snake", "spiral", "hilbert"]  # every step between 4-neighbours (2-D)

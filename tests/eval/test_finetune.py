@@ -16,8 +16,15 @@ import torch.nn.functional as F
 from nepa.cli import main
 from nepa.data.base import build_dataset
 from nepa.eval.features import eval_subset
-from nepa.eval.finetune import FinetuneConfig, TrainView, batch_mix, build_optimizer, finetune
-from nepa.eval.run import eval_splits, finetune_classifier, finetune_eval
+from nepa.eval.finetune import (
+    FinetuneConfig,
+    TrainView,
+    batch_mix,
+    build_optimizer,
+    finetune,
+    finetune_classifier,
+)
+from nepa.eval.run import eval_splits, finetune_eval
 from nepa.train.build import build_objective
 
 NO_AUG = [
@@ -30,7 +37,7 @@ NO_AUG = [
 
 def _model(cfg, num_classes: int = 10):
     objective = build_objective(cfg)
-    return objective, finetune_classifier(cfg, objective, num_classes)
+    return objective, finetune_classifier(objective, num_classes, cfg.eval.finetune)
 
 
 @pytest.mark.parametrize(
@@ -49,16 +56,17 @@ def test_layer_decay_groups(tiny_cfg, mode: str, expected: list[float]) -> None:
         assert g["lr_scale"] == pytest.approx(expected[g["layer_id"]], abs=1e-12)
         assert g["lr"] == pytest.approx(1e-3 * expected[g["layer_id"]], abs=1e-15)
     layer = {n: g["layer_id"] for n, g in where.items()}
-    assert layer["predictor.start_token"] == 0
-    assert layer["predictor.blocks.0.attn.qkv.weight"] == 1
-    assert layer["predictor.blocks.1.mlp.fc2.weight"] == 2
-    assert layer["predictor.norm.weight"] == layer["fc_norm.bias"] == layer["head.weight"] == 3
+    assert layer["backbone.predictor.start_token"] == 0
+    assert layer["backbone.predictor.blocks.0.attn.qkv.weight"] == 1
+    assert layer["backbone.predictor.blocks.1.mlp.fc2.weight"] == 2
+    top = (layer["backbone.predictor.norm.weight"], layer["fc_norm.bias"], layer["head.weight"])
+    assert top == (3, 3, 3)
     wd = {n: g["weight_decay"] for n, g in where.items()}
-    assert wd["head.weight"] == wd["predictor.blocks.1.attn.qkv.weight"] == 0.05
-    assert wd["predictor.start_token"] == wd["head.bias"] == wd["fc_norm.weight"] == 0.0
+    assert wd["head.weight"] == wd["backbone.predictor.blocks.1.attn.qkv.weight"] == 0.05
+    assert wd["backbone.predictor.start_token"] == wd["head.bias"] == wd["fc_norm.weight"] == 0.0
     # The patch embedding is frozen and not in the optimizer; everything else is, once.
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {"encoder.proj.weight", "encoder.proj.bias"}
+    assert frozen == {"backbone.encoder.proj.weight", "backbone.encoder.proj.bias"}
     assert set(where) == {n for n, _ in model.named_parameters()} - frozen
     assert sum(len(g["params"]) for g in opt.param_groups) == len(where)
 
@@ -66,27 +74,38 @@ def test_layer_decay_groups(tiny_cfg, mode: str, expected: list[float]) -> None:
 def test_head_is_zero_initialised_and_weights_are_copied(tiny_cfg) -> None:
     objective, model = _model(tiny_cfg())
     assert not model.head.weight.any() and not model.head.bias.any()
-    assert not model.eval()(torch.randn(3, 1, 28, 28)).any()  # logits start at exactly zero
+    logits = model.eval()({"image": torch.randn(3, 1, 28, 28)})
+    assert logits.shape == (3, 10) and not logits.any()  # logits start at exactly zero
     src = objective.state_dict()
-    for name, value in model.predictor.state_dict().items():
-        assert torch.equal(value, src[f"predictor.{name}"])
+    copied = model.backbone.state_dict()
+    assert set(copied) == set(src)
+    for name, value in copied.items():
+        assert torch.equal(value, src[name])
+        assert value.data_ptr() != src[name].data_ptr()  # a copy: fine-tuning leaves it alone
 
 
 def test_attention_is_bidirectional_with_drop_path(tiny_cfg) -> None:
     # Without LayerScale (init 1e-5) so that attention moves the outputs visibly at init.
     cfg = tiny_cfg("eval.finetune.drop_path=0.2", "predictor.layerscale=null")
     objective, model = _model(cfg)
-    x = torch.randn(2, 1, 28, 28)
-    later = x.clone()
-    later[..., 21:, 21:] += 1.0  # the last patch in raster order
-    h, _ = model.eval().tokens(x)
-    h2, _ = model.tokens(later)
-    assert ((h[:, :2] - h2[:, :2]).abs().amax(-1) > 1e-3).all()  # start and first patch see it
-    causal = objective.eval().features(x, layers=[2])[0][0]
-    causal2 = objective.features(later, layers=[2])[0][0]
+    x = {"image": torch.randn(2, 1, 28, 28)}
+    later = {"image": x["image"].clone()}
+    later["image"][..., 21:, 21:] += 1.0  # the last patch in raster order
+    assert model.attn == "bidirectional"
+    model.eval()
+    f, f2 = (model.backbone(b, layers=[2], attn=model.attn) for b in (x, later))
+    start, start2 = f.summary[0], f2.summary[0]  # the start token's outputs
+    assert ((start - start2).abs().amax(-1) > 1e-3).all()  # the start token sees it
+    first, first2 = f.layers[0][:, 0], f2.layers[0][:, 0]
+    assert ((first - first2).abs().amax(-1) > 1e-3).all()  # and so does the first patch
+    causal = objective.eval().features(x, layers=[2]).layers[0]
+    causal2 = objective.features(later, layers=[2]).layers[0]
     assert torch.allclose(causal[:, 0], causal2[:, 0], atol=1e-6)  # the pretraining mask: no
-    assert [b.drop_path.p for b in model.predictor.blocks] == pytest.approx([0.0, 0.2])
-    assert model.train().predictor.blocks[1].drop_path.active
+    blocks = model.backbone.predictor.blocks
+    assert [b.drop_path.p for b in blocks] == pytest.approx([0.0, 0.2])
+    assert model.train().backbone.predictor.blocks[1].drop_path.active
+    # the objective's own modules keep their settings (the classifier holds a copy)
+    assert [b.drop_path.p for b in objective.predictor.blocks] == [0.0, 0.0]
 
 
 def test_randaugment_runs_on_the_uint8_crop(tiny_cfg) -> None:
@@ -94,12 +113,14 @@ def test_randaugment_runs_on_the_uint8_crop(tiny_cfg) -> None:
     split, _ = eval_splits(cfg)  # a seeded subset of the eval-transform train split
     plain = TrainView(split, None)
     trainer_ds = build_dataset(cfg.data, split="train", train=True)
-    x, y = plain[(5, 123)]
-    x_ref, y_ref = trainer_ds[(split.indices[5], 123)]
-    assert torch.equal(x, x_ref) and y == y_ref == int(split.labels[5])  # pretraining's crop
+    sample = plain[(5, 123)]
+    ref = trainer_ds[(split.indices[5], 123)]
+    assert set(sample) == {"image", "label"} and sample["label"].dtype == torch.int64
+    assert torch.equal(sample["image"], ref["image"])  # pretraining's crop
+    assert int(sample["label"]) == int(ref["label"]) == int(split.labels[5])
     seen = []
     marked = TrainView(split, lambda img: seen.append(img.dtype) or 255 - img)
-    assert seen == [] and not torch.allclose(marked[(5, 123)][0], x)
+    assert seen == [] and not torch.allclose(marked[(5, 123)]["image"], sample["image"])
     assert seen == [torch.uint8]
 
 
@@ -147,6 +168,7 @@ def test_eval_finetune_cli(tiny_run: Path, tmp_path: Path, random_init: bool) ->
     assert main(["eval", "finetune", str(tiny_run), *sets, *init, "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["protocol"] == "finetune" and 0.0 <= r["top1"] <= 1.0
+    assert r["random_init"] is random_init and r["mix_field"] == "image"
     assert (r["n_train"], r["n_test"], r["steps"], r["epochs"]) == (256, 128, 4, 1)
     assert (r["attn"], r["pool"], r["layer_decay_mode"]) == ("bidirectional", "mean", "linear")
     assert (r["mixup"], r["cutmix"], r["randaugment"], r["drop_path"]) == (0.8, 1.0, [2, 9], 0.1)

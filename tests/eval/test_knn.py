@@ -108,25 +108,12 @@ def test_pool_tokens_1d_and_3d_grids() -> None:
         pool_tokens(h, tok, "max")
 
 
-def test_pooling_ignores_padding() -> None:
-    """A sample padded with junk tokens (keep False) pools exactly like the unpadded sample."""
-    h, feats = _hand_tokens("hilbert")
-    junk = torch.full((1, 5, 2), 1e3)
-    padded_h = torch.cat([h, junk], 1)  # (1, 21, 2)
-    coords = torch.cat([feats.coords, torch.zeros(5, 2, dtype=feats.coords.dtype)])
-    keep = torch.cat([torch.ones(1, 16, dtype=torch.bool), torch.zeros(1, 5, dtype=torch.bool)], 1)
-    padded = Features(layers=[padded_h], keep=keep, coords=coords, grid=(4, 4))
-    for pool in ("mean", "last", "grid2", "grid4"):
-        torch.testing.assert_close(pool_tokens(padded_h, padded, pool), pool_tokens(h, feats, pool))
-    # without the mask the junk counts (the check above can fail)
-    unmasked = Features(layers=[padded_h], keep=None, coords=coords, grid=(4, 4))
-    assert pool_tokens(padded_h, unmasked, "mean")[0, 0] > 100
-
-
 def test_pool_features_start_takes_the_summary() -> None:
     h, feats = _hand_tokens("raster")
     summary = torch.tensor([[3.0, 4.0]])
-    with_start = Features(layers=[h], keep=None, coords=feats.coords, grid=(4, 4), summary=[summary])
+    with_start = Features(
+        layers=[h], keep=None, coords=feats.coords, grid=(4, 4), summary=[summary]
+    )
     torch.testing.assert_close(pool_features(with_start, 0, "start"), summary)
     torch.testing.assert_close(pool_features(with_start, 0, "mean"), torch.tensor([[7.5, -7.5]]))
     with pytest.raises(ValueError, match="no per-sample summary"):

@@ -9,9 +9,10 @@ import torch
 from tiny_recipe import tiny_with
 
 import nepa.objectives.nepa as nepa_mod
-from nepa.objectives.monitor import check_collapse, collapse_stats
+from nepa.objectives.monitor import CollapseMonitor, check_collapse, collapse_stats
 from nepa.objectives.nepa import Nepa, nepa_loss, prediction_target
 from nepa.train.build import build_objective
+from nepa.train.trainer import step_seed
 
 
 def _objective(*overrides: str) -> Nepa:
@@ -21,8 +22,10 @@ def _objective(*overrides: str) -> Nepa:
     return obj
 
 
-def _images(n: int = 4) -> torch.Tensor:
-    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+def _images(n: int = 4) -> dict[str, torch.Tensor]:
+    """A batch of ``n`` random images (the tiny recipe's image field; labels are unused)."""
+    g = torch.Generator().manual_seed(1)
+    return {"image": torch.randn(n, 1, 28, 28, generator=g), "label": torch.zeros(n).long()}
 
 
 # ------------------------------------------------------------------------------ the loss
@@ -55,12 +58,36 @@ def test_shift_pairs_outputs_with_targets(shift: bool) -> None:
     B, T = 2, 4
     h = torch.arange(T + 1.0)[None, :, None].expand(B, T + 1, 3)  # output at position j holds j
     z = 10 + torch.arange(T + 0.0)[None, :, None].expand(B, T, 3)  # z_i holds 10 + i
-    p, t = prediction_target(h, z, shift=shift, stop_grad=True)
+    keep = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    p, t, k = prediction_target(h, z, keep, shift=shift, stop_grad=True, start_token=True)
     assert p.shape == t.shape == (B, T, 3)
+    assert k is keep  # with a start token every target keeps its own position
     # position 0 is the start token, position i + 1 is z_i's output
     expected = torch.arange(T) if shift else torch.arange(T) + 1
     torch.testing.assert_close(p[0, :, 0], expected.float())
     torch.testing.assert_close(t[0, :, 0], 10 + torch.arange(T).float())
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_shift_without_a_start_token(shift: bool) -> None:
+    """No start token: h is (B, T, D), one output per z_i. Shifted, the output at z_i
+    predicts z_{i+1} (T - 1 pairs, the keep mask shifted with the targets)."""
+    B, T = 2, 4
+    h = torch.arange(T + 0.0)[None, :, None].expand(B, T, 3)  # output at z_i holds i
+    z = 10 + torch.arange(T + 0.0)[None, :, None].expand(B, T, 3)
+    keep = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    p, t, k = prediction_target(h, z, keep, shift=shift, stop_grad=True, start_token=False)
+    if shift:
+        assert p.shape == t.shape == (B, T - 1, 3)
+        torch.testing.assert_close(p[0, :, 0], torch.arange(T - 1.0))
+        torch.testing.assert_close(t[0, :, 0], 11 + torch.arange(T - 1.0))
+        assert k.tolist() == [[True, True, False], [True, True, True]]
+    else:
+        assert p.shape == t.shape == (B, T, 3) and k is keep
+        torch.testing.assert_close(p[0, :, 0], torch.arange(T + 0.0))
+        torch.testing.assert_close(t[0, :, 0], 10 + torch.arange(T + 0.0))
+    p, t, k = prediction_target(h, z, None, shift=shift, stop_grad=True, start_token=False)
+    assert k is None
 
 
 def test_objective_loss_equals_manual_pipeline() -> None:
@@ -72,7 +99,7 @@ def test_objective_loss_equals_manual_pipeline() -> None:
     p, t = h[:, :-1], tok.emb
     manual = -torch.nn.functional.cosine_similarity(p, t, dim=-1).mean()
     assert loss.item() == pytest.approx(manual.item(), abs=1e-6)
-    assert metrics["loss"].item() == loss.item() and metrics["tokens"] == 4 * 16
+    assert set(metrics) == {"tokens"} and metrics["tokens"] == 4 * 16  # the trainer logs loss
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
@@ -95,9 +122,7 @@ def _encoder_grads(obj: Nepa, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in obj.encoder.named_parameters()}
 
 
-def _path_losses(
-    obj: Nepa, x: torch.Tensor, *, input_path: bool, target_path: bool
-) -> torch.Tensor:
+def _path_losses(obj: Nepa, x: dict, *, input_path: bool, target_path: bool) -> torch.Tensor:
     """The NEPA loss with gradient allowed only through the chosen path(s) into the encoder."""
     tok = obj.encoder(x)
     z_in = tok.emb if input_path else tok.emb.detach()
@@ -135,10 +160,10 @@ def test_target_is_detached_exactly_when_asked(
     seen = {}
     original = nepa_mod.prediction_target
 
-    def spy(h, z, shift, sg):
-        p, t = original(h, z, shift, sg)
-        seen.update(p=p, t=t, z=z)
-        return p, t
+    def spy(h, z, keep, **kw):
+        p, t, k = original(h, z, keep, **kw)
+        seen.update(p=p, t=t, z=z, kw=kw)
+        return p, t, k
 
     monkeypatch.setattr(nepa_mod, "prediction_target", spy)
     obj = _objective(f"objective.stop_grad={str(stop_grad).lower()}")
@@ -147,6 +172,7 @@ def test_target_is_detached_exactly_when_asked(
     assert seen["p"].requires_grad
     assert seen["t"].requires_grad is not stop_grad
     torch.testing.assert_close(seen["t"], seen["z"], rtol=0, atol=0)  # same values either way
+    assert seen["kw"] == {"shift": True, "stop_grad": stop_grad, "start_token": True}
 
 
 def test_objective_shift_switch_picks_the_outputs() -> None:
@@ -167,18 +193,42 @@ def test_objective_shift_switch_picks_the_outputs() -> None:
 def test_features_split_off_the_start_token_and_match_layers() -> None:
     obj = _objective("predictor.depth=2")
     x = _images(3)
-    feats, tok, starts = obj.features(x, layers=[1, 2])
+    out = obj.features(x, layers=[1, 2])
+    feats, starts = out.layers, out.summary
     assert len(feats) == 2 and all(f.shape == (3, 16, 32) for f in feats)
+    assert len(starts) == 2 and all(s.shape == (3, 32) for s in starts)
     assert not feats[0].requires_grad
     with torch.no_grad():
         t2 = obj.encoder(x)
-        h = obj.predictor(t2.emb, t2.coords, t2.grid)
+        h1, h = obj.predictor(t2.emb, t2.coords, t2.grid, return_layers=[1, 2])
         h_bi = obj.predictor(t2.emb, t2.coords, t2.grid, attn="bidirectional")
+    torch.testing.assert_close(feats[0], h1[:, 1:])
     torch.testing.assert_close(feats[1], h[:, 1:])
     torch.testing.assert_close(starts[1], h[:, 0])  # (B, D): the start token's output
-    torch.testing.assert_close(tok.coords, t2.coords)
-    bi, _, _ = obj.features(x, layers=[2], attn="bidirectional")
-    torch.testing.assert_close(bi[0], h_bi[:, 1:])
+    torch.testing.assert_close(out.coords, t2.coords)
+    torch.testing.assert_close(out.inputs, t2.emb)  # the patch embeddings z
+    assert out.grid == (4, 4) and out.keep is None
+    bi = obj.features(x, layers=[2], attn="bidirectional")
+    torch.testing.assert_close(bi.layers[0], h_bi[:, 1:])
+    assert not torch.allclose(bi.layers[0], feats[1])  # the attention mode matters
+    backbone = obj.backbone()
+    assert (backbone.depth, backbone.dim, backbone.heads, backbone.attn) == (2, 32, 2, "causal")
+    assert backbone.encoder is obj.encoder and backbone.predictor is obj.predictor  # no copy
+
+
+def test_features_without_a_start_token_have_no_summary() -> None:
+    obj = _objective("predictor.start_token=false")
+    x = _images(3)
+    out = obj.features(x, layers=[2])
+    with torch.no_grad():
+        tok = obj.encoder(x)
+        h = obj.predictor(tok.emb, tok.coords, tok.grid)
+    assert out.summary is None and h.shape == (3, 16, 32)
+    torch.testing.assert_close(out.layers[0], h)  # nothing split off
+    loss, metrics = obj(x)
+    manual = nepa_loss(h[:, :-1], tok.emb[:, 1:])
+    assert loss.item() == pytest.approx(manual.item(), abs=1e-6)
+    assert metrics["tokens"] == 3 * 15  # T - 1 pairs per sample
 
 
 # ------------------------------------------------------------------------------ collapse monitor
@@ -225,7 +275,43 @@ def test_monitor_every_n_steps() -> None:
     obj(_images())
     assert obj.monitor(4) == {}
     stats = obj.monitor(10)
-    assert set(stats) == {"std", "std_x_sqrt_d", "eff_rank"} and stats["eff_rank"] > 1.5
+    assert set(stats) == {"collapse/std", "collapse/std_x_sqrt_d", "collapse/eff_rank"}
+    assert stats["collapse/eff_rank"] > 1.5
     off = _objective("objective.monitor_every=0")
     off(_images())
     assert off.monitor(0) == {} and off.monitor(50) == {}
+
+
+def test_monitor_counts_only_real_tokens() -> None:
+    """With a keep mask the monitor sees the real tokens only: padding that repeats one vector
+    would otherwise read as a collapse."""
+    monitor = CollapseMonitor(every=1, min_std_ratio=0.05, min_rank=1.5)
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(8, 6, 16, generator=g)
+    out[:, 3:] = 5.0  # padding: the same vector everywhere
+    keep = torch.zeros(8, 6, dtype=torch.bool)
+    keep[:, :3] = True
+    monitor.observe(out, keep)
+    real = monitor(1)
+    assert real == {
+        f"collapse/{k}": v for k, v in collapse_stats(out[:, :3].reshape(-1, 1, 16)).items()
+    }
+    monitor.observe(out)  # unmasked: the padding drags the rank down
+    assert monitor(1)["collapse/eff_rank"] < real["collapse/eff_rank"]
+
+
+# ------------------------------------------------------------------------------ step seed
+
+
+def test_step_seed_fixes_the_rope_rescale_of_a_step() -> None:
+    """``on_step_start(step, seed)`` draws the step's RoPE coordinate scale from ``seed``: the
+    same seed gives the same loss, another seed another one."""
+    obj = _objective("predictor.rope_rescale=[0.5, 2.0]").train()
+    x = _images()
+
+    def loss_at(seed: int) -> float:
+        obj.on_step_start(0, seed)
+        return obj(x)[0].item()
+
+    a, again, b = loss_at(step_seed(0, 1)), loss_at(step_seed(0, 1)), loss_at(step_seed(0, 2))
+    assert a == again and a != b

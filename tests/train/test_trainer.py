@@ -19,24 +19,31 @@ from safetensors.torch import load_file
 from sigterm import sigterm_during_step
 from tiny_recipe import TINY_RECIPE, tiny_with
 
+from nepa.batch import collate
 from nepa.cli import main
 from nepa.config import OptimConfig, validate
 from nepa.data.base import build_dataset
 from nepa.data.sampler import StepBatchSampler
 from nepa.objectives.base import OBJECTIVES
 from nepa.objectives.nepa import Nepa, NepaConfig
+from nepa.params import decay_groups
 from nepa.train.build import build_objective, resolve_precision
 from nepa.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from nepa.train.optim import build_optimizer, lr_at, no_decay_names, warmup_steps
+from nepa.train.optim import build_optimizer, lr_at, schedule, set_lr, warmup_steps
 from nepa.train.rundir import read_metrics
-from nepa.train.trainer import NonFiniteLossError, train
+from nepa.train.trainer import NonFiniteLossError, step_seed, train
 
 # ------------------------------------------------------------------------------ optimizer
 
 
+def _no_decay(groups: list[dict]) -> set[str]:
+    return {n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]}
+
+
 def test_weight_decay_groups() -> None:
     obj = build_objective(tiny_with())
-    skip = no_decay_names(obj)
+    groups = obj.param_groups(OptimConfig(weight_decay=0.05))
+    skip = _no_decay(groups)
     params = dict(obj.named_parameters())
     for name, p in params.items():
         expected_skip = p.ndim < 2 or name == "predictor.start_token"
@@ -58,49 +65,94 @@ def test_weight_decay_groups() -> None:
         "predictor.blocks.1.attn.proj.weight",
     ):
         assert decayed not in skip
-    opt = build_optimizer(obj, OptimConfig(weight_decay=0.05))
+    opt = build_optimizer(groups, OptimConfig(weight_decay=0.05))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert decay["lr_scale"] == no_decay["lr_scale"] == 1.0
     ids = {id(p): n for n, p in params.items()}
-    assert {ids[id(p)] for p in decay["params"]} == set(params) - skip
-    assert {ids[id(p)] for p in no_decay["params"]} == skip
+    assert {ids[id(p)] for p in decay["params"]} == set(decay["names"]) == set(params) - skip
+    assert {ids[id(p)] for p in no_decay["params"]} == set(no_decay["names"]) == skip
+
+
+def test_decay_groups_leave_out_frozen_parameters_and_split_by_lr_scale() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    groups = decay_groups(
+        model, 0.1, no_decay={"2.weight"}, lr_scale=lambda n: 0.5 if n.startswith("1.") else 1.0
+    )
+    got = [(g["names"], g["weight_decay"], g["lr_scale"]) for g in groups]
+    assert got == [(["1.weight", "1.bias"], 0.0, 0.5), (["2.weight", "2.bias"], 0.0, 1.0)]
+    groups = decay_groups(list(model.named_parameters()), 0.1)  # (name, parameter) pairs
+    assert [(g["names"], g["weight_decay"]) for g in groups] == [
+        (["2.weight"], 0.1),
+        (["1.weight", "1.bias", "2.bias"], 0.0),
+    ]
 
 
 def test_weight_decay_acts_only_on_the_decay_group() -> None:
     obj = build_objective(tiny_with())
-    opt = build_optimizer(obj, OptimConfig(lr=0.1, weight_decay=0.5))
+    cfg = OptimConfig(lr=0.1, weight_decay=0.5)
+    groups = obj.param_groups(cfg)
+    opt = build_optimizer(groups, cfg)
     before = {n: p.detach().clone() for n, p in obj.named_parameters()}
     for p in obj.parameters():
         p.grad = torch.zeros_like(p)  # no gradient: only decoupled weight decay moves weights
     opt.step()
-    skip = no_decay_names(obj)
+    skip = _no_decay(groups)
     for n, p in obj.named_parameters():
         expected = before[n] if n in skip else before[n] * (1 - 0.1 * 0.5)
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=0)
 
 
+def test_set_lr_multiplies_each_groups_lr_scale() -> None:
+    a, b, c = (torch.nn.Parameter(torch.zeros(2, 2)) for _ in range(3))
+    groups = [
+        {"params": [a], "lr_scale": 0.5},
+        {"params": [b], "lr_scale": 2.0},
+        {"params": [c]},  # no lr_scale: 1.0
+    ]
+    opt = build_optimizer(groups, OptimConfig(lr=1.0))
+    set_lr(opt, 1e-3)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 2e-3, 1e-3])
+
+
 def test_lr_schedule_warmup_then_cosine() -> None:
     cfg = OptimConfig(lr=1e-3, warmup=10, min_lr_ratio=0.1)
     total = 100
-    assert warmup_steps(cfg, total) == 10
-    assert lr_at(0, cfg, total) == pytest.approx(1e-4)  # first step: lr / warmup
-    assert lr_at(4, cfg, total) == pytest.approx(5e-4)
-    assert lr_at(9, cfg, total) == pytest.approx(1e-3)  # end of warm-up: the peak
-    assert lr_at(10, cfg, total) == pytest.approx(1e-3)  # cosine starts at the peak
-    assert lr_at(55, cfg, total) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half way down
+    assert warmup_steps(cfg.warmup, total) == 10
+    lr = schedule(cfg, total)
+
+    def at(step: int) -> float:
+        return lr_at(step, peak=1e-3, warmup=10, total=total, min_ratio=0.1)
+
+    assert at(0) == pytest.approx(1e-4)  # first step: lr / warmup
+    assert at(4) == pytest.approx(5e-4)
+    assert at(9) == pytest.approx(1e-3)  # end of warm-up: the peak
+    assert at(10) == pytest.approx(1e-3)  # cosine starts at the peak
+    assert at(55) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half way down
     last = 1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 89 / 90))
-    assert lr_at(99, cfg, total) == pytest.approx(last)  # the last step
-    assert lr_at(100, cfg, total) == pytest.approx(1e-4) == lr_at(500, cfg, total)  # the floor
-    lrs = [lr_at(s, cfg, total) for s in range(total)]
+    assert at(99) == pytest.approx(last)  # the last step
+    assert at(100) == pytest.approx(1e-4) == at(500)  # the floor
+    lrs = [at(s) for s in range(total)]
+    assert [lr(s) for s in range(total)] == lrs  # schedule(cfg, total) is the same function
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10], strict=False))
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
 
 
 def test_lr_warmup_fraction_and_none() -> None:
-    assert warmup_steps(OptimConfig(warmup=0.025), 1000) == 25
-    cfg = OptimConfig(lr=2e-3, warmup=0)
-    assert lr_at(0, cfg, 10) == pytest.approx(2e-3)
-    assert lr_at(10, cfg, 10) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_steps(0.025, 1000) == 25
+    assert warmup_steps(OptimConfig(warmup=0.025).warmup, 1000) == 25
+    lr = schedule(OptimConfig(lr=2e-3, warmup=0), 10)
+    assert lr(0) == pytest.approx(2e-3)
+    assert lr(10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(0, peak=2e-3, warmup=0, total=10) == pytest.approx(2e-3)
+
+
+def test_step_seed_is_a_pure_function_of_run_seed_and_step() -> None:
+    seeds = [step_seed(0, s) for s in range(100)]
+    assert len(set(seeds)) == 100 and seeds == [step_seed(0, s) for s in range(100)]
+    assert step_seed(1, 0) not in seeds[:3]  # the run seed matters
+    assert all(0 <= s < 2**63 for s in seeds + [step_seed(2**40, 10**9)])
 
 
 def test_precision_resolution() -> None:
@@ -146,8 +198,10 @@ def test_run_dir_contents(baseline) -> None:
     train_records = [r for r in records if "loss" in r]
     assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]  # log_every=1
     assert [r["loss"] for r in train_records] == result.losses
+    lr = schedule(cfg.optim, 6)
     for r in train_records:
-        assert r["lr"] == pytest.approx(lr_at(r["step"] - 1, cfg.optim, 6))
+        assert r["lr"] == pytest.approx(lr(r["step"] - 1))
+        assert r["tokens"] == 16 * 16  # the objective's own metric: 16 images of 16 tokens
         assert (
             r["grad_norm"] > 0
             and r["samples_per_s"] > 0
@@ -173,9 +227,11 @@ def test_first_loss_is_the_objective_on_the_first_global_batch(baseline) -> None
     """The trainer feeds exactly the sampler's first batch to the seeded initial model."""
     cfg, _, result = baseline
     ds = build_dataset(cfg.data, split="train", train=True)
-    batch = StepBatchSampler(len(ds), 16, seed=cfg.seed).micro(0)
-    x = torch.stack([ds[key][0] for key in batch])
-    loss, _ = build_objective(cfg)(x)
+    keys = StepBatchSampler(len(ds), 16, seed=cfg.seed).micro(0)
+    batch = collate([ds[key] for key in keys])
+    assert batch["image"].shape == (16, 1, 28, 28) and batch["label"].shape == (16,)
+    loss, metrics = build_objective(cfg)(batch)
+    assert set(metrics) == {"tokens"} and float(metrics["tokens"]) == 16 * 16
     assert loss.item() == pytest.approx(result.losses[0], abs=1e-6)
 
 
@@ -208,7 +264,7 @@ def test_tiny_overfit_on_a_fixed_batch(tmp_path: Path) -> None:
         "train.log_every=80",
     )
     ds = build_dataset(cfg.data, split="train", train=True)
-    torch.testing.assert_close(ds[(0, 1)][0], ds[(0, 2)][0], rtol=0, atol=0)  # really fixed
+    torch.testing.assert_close(ds[(0, 1)]["image"], ds[(0, 2)]["image"], rtol=0, atol=0)  # fixed
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.losses[0] > -0.35
     assert sum(result.losses[-5:]) / 5 < -0.8
@@ -339,8 +395,8 @@ class NanAtStep(Nepa):
         super().__init__(cfg, **kw)
         self.calls = 0
 
-    def forward(self, x):
-        loss, metrics = super().forward(x)
+    def forward(self, batch):
+        loss, metrics = super().forward(batch)
         self.calls += 1
         return (loss * float("nan") if self.calls == self.cfg.nan_step else loss), metrics
 

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from nepa.encoders.scans import inverse, scan_order
+from nepa.objectives.backbone import Backbone, Features
+from nepa.objectives.base import Objective
 from nepa.predictor.config import PredictorConfig
 from nepa.predictor.transformer import Predictor
 from nepa.train.build import build_objective
@@ -131,11 +133,12 @@ def test_similarity_maps(tiny_cfg) -> None:
         torch.testing.assert_close(sim.h_QHW[q, r, c], torch.tensor(1.0))
     # z straight from the patch conv in row-major order, independent of the scan.
     with torch.no_grad():
-        z = hilbert.encoder.proj(x[None]).flatten(2)[0].T  # (T, D) row-major
+        z = hilbert.objective.encoder.proj(x[None]).flatten(2)[0].T  # (T, D) row-major
     z = torch.nn.functional.normalize(z, dim=-1)
     expected = (z @ z[1 * 4 + 2]).reshape(GRID)
     torch.testing.assert_close(sim.z_QHW[0], expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(sim.z_QHW, sim.h_QHW, atol=1e-3)  # h really is another layer
+    assert sim.attn == "causal"  # attn None: the backbone's own training mode
 
 
 def test_parse_cells() -> None:
@@ -151,8 +154,27 @@ def test_parse_cells() -> None:
             parse_cells([bad], (4, 4))
 
 
+class _OneAxisBackbone(Backbone):
+    """Tokens on a 1-D grid of 16 steps, as a sensor encoder's backbone would return."""
+
+    depth, dim, heads, attn = 1, 4, 1, "causal"
+
+    def forward(self, batch, *, layers=None, attn=None) -> Features:
+        B = next(iter(batch.values())).shape[0]
+        h = torch.zeros(B, 16, self.dim)
+        return Features(layers=[h], keep=None, coords=torch.arange(16)[:, None], grid=(16,))
+
+
+class _OneAxisObjective(Objective):
+    def backbone(self) -> Backbone:
+        return _OneAxisBackbone()
+
+
 def test_non_image_run_is_refused(tiny_cfg) -> None:
-    objective = build_objective(tiny_cfg())
-    objective.encoder.n_axes = 1  # as a 1-D (sensor) encoder would say
-    with pytest.raises(VizError, match="2-D image"):
-        image_model(tiny_cfg(), objective)
+    with pytest.raises(VizError, match="2-D image models only.* over 1 grid axes"):
+        image_model(tiny_cfg(), _OneAxisObjective())
+    # an objective without a backbone cannot be drawn either
+    with pytest.raises(VizError, match="declares no backbone"):
+        image_model(tiny_cfg(), Objective())
+    model = image_model(tiny_cfg(), build_objective(tiny_cfg()))  # the image run itself is fine
+    assert model.grid == GRID and model.depth == 2 and not model.objective.training

@@ -51,7 +51,8 @@ def test_image_file_goes_through_the_eval_transform(tiny_cfg, rgb_png: Path) -> 
 def test_split_item_is_the_dataset_item(tiny_cfg) -> None:
     cfg = tiny_cfg().data
     image = load_image_input("test:3", cfg)
-    x, label = build_dataset(cfg, split="test", train=False)[3]
+    item = build_dataset(cfg, split="test", train=False)[3]
+    x, label = item["image"], int(item["label"])
     assert torch.equal(image.x_CHW, x) and image.name == f"test:3 (label {label})"
     assert image.show_HW3.min() >= 0 and image.show_HW3.max() <= 1
     with pytest.raises(VizError, match="out of range"):

@@ -24,9 +24,21 @@ COUNTS = [37, 50, 23, 41, 49]  # 200 samples in shards of uneven size
 FIELDS = ["cls", "png"]
 
 
-def ident(sample: dict, seed: int) -> tuple[torch.Tensor, int]:
-    """Sample function that returns the augmentation seed and the sample id (its .cls)."""
-    return torch.tensor([float(seed % 1009)]), int(sample["cls"].decode())
+class Ident:
+    """Sample function that returns the augmentation seed and the sample id (its .cls):
+    ``{"seed": (1,), "label": ()}``; ``finish_batch`` marks the batch it was given."""
+
+    def __call__(self, sample: dict, seed: int) -> dict[str, torch.Tensor]:
+        return {
+            "seed": torch.tensor([float(seed % 1009)]),
+            "label": torch.tensor(int(sample["cls"])),
+        }
+
+    def finish_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**batch, "finished": torch.ones(len(batch["label"]))}
+
+
+ident = Ident()
 
 
 def data(source: str, sample_fn=ident, **fields) -> ShardTrainData:
@@ -34,6 +46,16 @@ def data(source: str, sample_fn=ident, **fields) -> ShardTrainData:
         source=source, image_size=8, channels=3, **{"shuffle_buffer": 16, **fields}
     )
     return ShardTrainData(resolve_shards(source, "train"), sample_fn, cfg)
+
+
+def take_xy(td: ShardTrainData, n: int, field: str = "seed", **kw) -> list:
+    """The first ``n`` micro-batches as ``(batch[field], batch["label"], meta)``."""
+    out = take(td, n, **kw)
+    for batch, meta in out:
+        assert isinstance(batch, dict) and isinstance(meta, dict)
+        if td.sample_fn is ident and "fatal" not in meta:  # finish_batch saw the whole batch
+            assert torch.equal(batch["finished"], torch.ones(len(batch["label"])))
+    return [(batch[field], batch["label"], meta) for batch, meta in out]
 
 
 @pytest.fixture()
@@ -47,7 +69,7 @@ def test_exact_epochs_once_per_epoch_over_2_ranks_x_2_workers(shards):
     per_rank_epoch = 10 * accum
     epochs = [collections.Counter() for _ in range(2)]
     for rank in range(world):
-        out = take(
+        out = take_xy(
             td, 2 * per_rank_epoch, rank=rank, world=world, workers=2, batch=batch, accum=accum
         )
         for m, (x, y, meta) in enumerate(out):
@@ -57,14 +79,14 @@ def test_exact_epochs_once_per_epoch_over_2_ranks_x_2_workers(shards):
     for counter in epochs:
         assert sorted(counter) == list(range(200)) and set(counter.values()) == {1}
     # Both epochs see every sample once, in different orders.
-    e0 = [y.tolist() for _, y, _ in take(td, 10, batch=20)]
-    e1 = [y.tolist() for _, y, _ in take(td, 10, batch=20, start=10)]
+    e0 = [y.tolist() for _, y, _ in take_xy(td, 10, batch=20)]
+    e1 = [y.tolist() for _, y, _ in take_xy(td, 10, batch=20, start=10)]
     assert e0 != e1
 
 
 def test_exact_epoch_drops_only_the_remainder(shards):
     td = data(str(shards))
-    out = take(td, 3 * 12, batch=16)  # 200 // 16 = 12 steps per epoch: 8 samples unused
+    out = take_xy(td, 3 * 12, batch=16)  # 200 // 16 = 12 steps per epoch: 8 samples unused
     for e in range(3):
         ids = [i for _, y, _ in out[12 * e : 12 * (e + 1)] for i in y.tolist()]
         assert len(ids) == len(set(ids)) == 192
@@ -75,8 +97,8 @@ def test_exact_epoch_drops_only_the_remainder(shards):
 def test_resume_continues_exactly(shards, mode, start):
     td = data(str(shards), epochs=mode)
     kw = dict(rank=1, world=2, workers=2, batch=16, accum=2)  # 24 micro-batches per epoch
-    full = take(td, 40, **kw)
-    resumed = take(td, 40 - start, start=start, **kw)
+    full = take_xy(td, 40, **kw)
+    resumed = take_xy(td, 40 - start, start=start, **kw)
     for (xa, ya, ma), (xb, yb, mb) in zip(full[start:], resumed, strict=True):
         assert ma["micro"] == mb["micro"]
         assert torch.equal(ya, yb) and torch.equal(xa, xb)
@@ -84,15 +106,15 @@ def test_resume_continues_exactly(shards, mode, start):
 
 def test_main_process_reading_equals_one_worker(shards):
     td = data(str(shards))
-    a = [y for _, y, _ in take(td, 15, workers=0)]
-    b = [y for _, y, _ in take(td, 15, workers=1)]
+    a = [y for _, y, _ in take_xy(td, 15, workers=0)]
+    b = [y for _, y, _ in take_xy(td, 15, workers=1)]
     assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
 
 
 def test_resampled_reproducible_from_seed(shards):
     td = data(str(shards), epochs="resampled", epoch_steps=5)
-    a = [y for _, y, _ in take(td, 12)]
-    b = [y for _, y, _ in take(td, 12)]
+    a = [y for _, y, _ in take_xy(td, 12)]
+    b = [y for _, y, _ in take_xy(td, 12)]
     assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
     ids = torch.cat(a).tolist()
     assert len(set(ids)) < len(ids)  # drawn with replacement: 192 draws from 200 repeat some
@@ -107,8 +129,8 @@ def test_resampled_reproducible_from_seed(shards):
         start_micro=0,
         pin_memory=False,
     )
-    c = [next(iter(loader))[1]]
-    assert not torch.equal(c[0], a[0])
+    batch, meta = next(iter(loader))
+    assert meta["micro"] == 0 and not torch.equal(batch["label"], a[0])
 
 
 def test_pattern_without_manifest(shards, tmp_path):
@@ -118,15 +140,14 @@ def test_pattern_without_manifest(shards, tmp_path):
         shutil.copy(p, plain / p.name)
     pattern = str(plain / "{split}-{000000..000004}.tar")
     with pytest.raises(ValueError, match="exact epochs need per-shard sample counts"):
-        take(data(pattern), 1)
+        take_xy(data(pattern), 1)
     with pytest.raises(ValueError, match="set data.epoch_steps"):
-        take(data(pattern, epochs="resampled"), 1)
-    out = take(data(pattern, epochs="resampled", epoch_steps=3), 6)
+        take_xy(data(pattern, epochs="resampled"), 1)
+    out = take_xy(data(pattern, epochs="resampled", epoch_steps=3), 6)
     assert all(y.shape == (16,) for _, y, _ in out)
 
 
-def real_images(sample: dict, seed: int) -> tuple[torch.Tensor, int]:
-    return ImageSample(3, None)(sample, seed)
+real_images = ImageSample(3, None)  # decode and check, no augmentation or normalisation
 
 
 def health_of(out) -> DataHealth:
@@ -138,7 +159,7 @@ def health_of(out) -> DataHealth:
 
 def test_truncated_shard_is_counted_and_batches_stay_full(shards):
     truncate(shards / "train-000001.tar", 0.5)  # 50 samples, about half lost
-    out = take(data(str(shards)), 10, workers=2, batch=20)  # one epoch, nothing dropped
+    out = take_xy(data(str(shards)), 10, workers=2, batch=20)  # one epoch, nothing dropped
     assert all(x.shape[0] == 20 for x, _, _ in out)  # topped up: every rank keeps its steps
     h = health_of(out)
     assert set(h.by_kind()) == {"truncated"}
@@ -150,7 +171,7 @@ def test_truncated_shard_is_counted_and_batches_stay_full(shards):
 def test_bad_samples_counted_by_kind(tmp_path):
     bad = {3: "decode", 77: "decode", 120: "shape", 199: "missing"}
     src = make_shards(tmp_path / "bad", COUNTS, bad=bad)
-    out = take(data(str(src), sample_fn=real_images), 10, workers=2, batch=20)
+    out = take_xy(data(str(src), sample_fn=real_images), 10, "image", workers=2, batch=20)
     h = health_of(out)
     assert h.by_kind() == {"decode": 2, "shape": 1, "missing": 1} and h.good == 196
     assert all(x.shape == (20, 3, 8, 8) for x, _, _ in out)
@@ -162,18 +183,24 @@ def test_all_bad_range_flags_a_fatal_batch(tmp_path):
     # A loader must not raise on one rank only (the others would wait forever in a collective):
     # it hands out placeholder batches flagged "fatal", which the trainer shares across ranks.
     src = make_shards(tmp_path / "gray", [40], bad={i: "shape" for i in range(40)})
-    [(x, y, meta)] = take(data(str(src), sample_fn=real_images), 1, batch=20)
+    [(batch, meta)] = take(data(str(src), sample_fn=real_images), 1, batch=20)
     assert "no decodable sample" in meta["fatal"]
-    assert x.shape == (20, 3, 8, 8) and (y == -1).all() and meta["good"] == 0
+    assert meta["good"] == 0
+    # a placeholder of every declared field: zeros of the right shape and dtype
+    assert set(batch) == {"image", "label"}
+    assert batch["image"].shape == (20, 3, 8, 8) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (20,) and batch["label"].dtype == torch.int64
+    assert not batch["image"].any() and not batch["label"].any()
 
 
 def test_pickle_members_refused_unless_opted_in(tmp_path):
     src = make_shards(tmp_path / "p", COUNTS, extra={150: {"pyd": b"\x80\x04K\x01."}})
     out = take(data(str(src), shuffle_buffer=0), 10, batch=20)  # one epoch reads every shard
-    fatal = [meta["fatal"] for _, _, meta in out if "fatal" in meta]
+    fatal = [meta["fatal"] for _, meta in out if "fatal" in meta]
     assert fatal and "never unpickles" in fatal[0]
-    assert "fatal" not in out[0][2]  # the batches before the pickle member are real
-    ok = take(data(str(src), shuffle_buffer=0, allow_pickle=True), 10, batch=20)
+    assert "fatal" not in out[0][1]  # the batches before the pickle member are real
+    assert out[0][0]["seed"].shape == (20, 1)
+    ok = take_xy(data(str(src), shuffle_buffer=0, allow_pickle=True), 10, batch=20)
     assert all(meta["good"] == 20 and "fatal" not in meta for _, _, meta in ok)
 
 
@@ -220,8 +247,8 @@ def http_root(shards):
 
 def test_pipe_url_from_local_http_server(shards, http_root):
     source = f"pipe:curl -sf {http_root}/{{name}}"
-    remote = [y for _, y, _ in take(data(source), 12, workers=2)]
-    local = [y for _, y, _ in take(data(str(shards)), 12, workers=2)]
+    remote = [y for _, y, _ in take_xy(data(source), 12, workers=2)]
+    local = [y for _, y, _ in take_xy(data(str(shards)), 12, workers=2)]
     assert all(torch.equal(a, b) for a, b in zip(remote, local, strict=True))
 
 
