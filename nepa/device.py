@@ -15,8 +15,7 @@ def pick_device(requested: str = "auto", local_rank: int | None = None) -> torch
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ValueError(
-            f"device {requested!r} was requested but no CUDA device is visible; "
-            "use 'cpu' or 'auto'"
+            f"device {requested!r} was requested but no CUDA device is visible; use 'cpu' or 'auto'"
         )
     device = torch.device(requested) if ":" in requested else torch.device("cuda", local_rank or 0)
     if local_rank is not None:

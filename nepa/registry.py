@@ -83,4 +83,3 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.what!r}, {self.names()})"
-

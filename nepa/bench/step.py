@@ -31,9 +31,9 @@ from nepa.bench.models import (
 from nepa.config import OptimConfig
 from nepa.device import pick_device
 from nepa.objectives.nepa import nepa_loss, prediction_target
+from nepa.params import decay_groups
 from nepa.predictor import PredictorConfig
 from nepa.predictor.attention import xformers_available
-from nepa.params import decay_groups
 from nepa.train.optim import build_optimizer
 
 PRECISIONS = ("fp32", "bf16")
@@ -96,9 +96,7 @@ def make_step(
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             h = model(emb, coords, grid)  # (B, T + 1, D)
-            p, t, _ = prediction_target(
-                h, emb, None, shift=True, stop_grad=True, start_token=True
-            )
+            p, t, _ = prediction_target(h, emb, None, shift=True, stop_grad=True, start_token=True)
             loss = nepa_loss(p, t)
         loss.backward()
         opt.step()

@@ -100,7 +100,9 @@ def run_protocol(args: argparse.Namespace) -> int:
         elif getattr(args, "raw_pixels", False):
             results = [{**raw_input_knn(cfg), "random_init": False}]
         else:
-            results = [evaluate(args.protocol, cfg, objective, device, random_init=args.random_init)]
+            results = [
+                evaluate(args.protocol, cfg, objective, device, random_init=args.random_init)
+            ]
     except ValueError as e:  # a setting that does not fit this run (a layer, a pooling...)
         print(f"nepa eval: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from nepa.compare.grid import Cell, cell_config
 from nepa.config import ConfigError, RunConfig
 from nepa.device import pick_device
 from nepa.eval.load import WEIGHTS, load_weights
+from nepa.io import atomic_write_text
 from nepa.train.build import build_objective
 from nepa.train.checkpoint import list_checkpoints
 from nepa.train.rundir import CONFIG, METRICS, read_metrics
@@ -149,9 +150,7 @@ class Comparison:
         }
 
     def _save(self, rd: Path, state: dict) -> None:
-        tmp = rd / f".{RUN_STATE}.tmp"
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(rd / RUN_STATE)
+        atomic_write_text(rd / RUN_STATE, json.dumps(state, indent=2) + "\n")
 
     def _train(self, cfg: RunConfig, rd: Path, state: dict) -> bool:
         resume = bool(list_checkpoints(rd / "checkpoints"))

@@ -206,9 +206,7 @@ def linear_eval(cfg: RunConfig, objective: Objective, device: torch.device, spli
 
 
 @PROTOCOLS.register("attentive")
-def attentive_eval(
-    cfg: RunConfig, objective: Objective, device: torch.device, splits=None
-) -> dict:
+def attentive_eval(cfg: RunConfig, objective: Objective, device: torch.device, splits=None) -> dict:
     """attentive probe: learned queries over frozen tokens (eval.attentive.*), lr chosen on a
     validation split of train"""
     e, a = cfg.eval, cfg.eval.attentive

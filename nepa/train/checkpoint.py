@@ -6,7 +6,6 @@ never arbitrary pickled objects.
 
 from __future__ import annotations
 
-import os  # noqa: F401  (tests/train/test_checkpoint.py patches ckpt.os.replace)
 import random
 import re
 from pathlib import Path

@@ -29,9 +29,7 @@ def test_padded_tokens_pool_like_the_unpadded_sample(pool: str) -> None:
     coords_pad = torch.cat([_coords(T), torch.zeros(P, 2, dtype=torch.long)])
     keep = torch.tensor([[True] * T + [False] * P])
     plain = pool_tokens(h, Features([h], None, _coords(T), (4, 4)), pool)
-    padded = pool_tokens(
-        torch.cat([h, junk], 1), Features([h], keep, coords_pad, (4, 4)), pool
-    )
+    padded = pool_tokens(torch.cat([h, junk], 1), Features([h], keep, coords_pad, (4, 4)), pool)
     torch.testing.assert_close(padded, plain)
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import nepa.train.checkpoint as ckpt
 from nepa.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -67,7 +66,7 @@ def test_interrupted_write_leaves_previous_checkpoint_intact(
     def dies(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt.os, "replace", dies)
+    monkeypatch.setattr(os, "replace", dies)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(d, 2, _state(2), keep=2)
     monkeypatch.undo()

@@ -13,7 +13,9 @@ GOLDEN = ROOT / "tests" / "golden" / "tiny_losses.json"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("golden_losses", ROOT / "scripts/golden_losses.py")
+    spec = importlib.util.spec_from_file_location(
+        "golden_losses", ROOT / "scripts/golden_losses.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -182,7 +182,12 @@ class Conv1dPatch(Encoder):
 
 @SCANS.register("user_reverse")
 def user_reverse(grid: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """Visit the cells in reverse row-major order."""
+    """Visit the cells in reverse row-major order (1-D and 2-D grids)."""
+    if len(grid) not in (1, 2):
+        raise ValueError(
+            f"user_reverse supports 1-D and 2-D grids, not {len(grid)}-D; for 3-D grids use "
+            "raster, snake, hilbert or random"
+        )
     return np.arange(int(np.prod(grid)))[::-1].copy()
 
 

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from nepa.batch import LABEL, LABEL_FIELD, Batch, FieldSpec
 from nepa.data.base import DATASETS
-from nepa.data.shards.codecs import ARRAY_EXTS, DecodeError, decode_npy_bytes, payload_field
+from nepa.data.decode import decode_bytes, exts_of
+from nepa.data.shards.codecs import DecodeError, field_ext, payload_field
 from nepa.data.shards.manifest import resolve_shards
 from nepa.data.shards.options import ShardOptions
 from nepa.data.shards.reader import decode_all
@@ -61,7 +62,8 @@ class ArraySample:
         self.std = None if cfg.std is None else torch.tensor(cfg.std).reshape(-1, *extra)
 
     def __call__(self, sample: dict[str, Any], seed: int = 0) -> Batch:
-        arr = decode_npy_bytes(sample[payload_field(sample, ARRAY_EXTS)])
+        field = payload_field(sample, exts_of("array"))  # built-in or user-registered extensions
+        arr = decode_bytes(field_ext(field), sample[field])
         if arr.shape != self.shape:
             raise DecodeError(f"array of shape {arr.shape}, expected {self.shape}", kind="shape")
         if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:

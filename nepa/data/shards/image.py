@@ -16,6 +16,7 @@ import torch
 
 from nepa.batch import LABEL, Batch
 from nepa.data.base import DATASETS
+from nepa.data.decode import decode_bytes, exts_of
 from nepa.data.images import (
     CropFlip,
     ImageDataConfig,
@@ -24,7 +25,7 @@ from nepa.data.images import (
     normalizer,
     train_augment,
 )
-from nepa.data.shards.codecs import IMAGE_EXTS, DecodeError, decode_image_bytes, payload_field
+from nepa.data.shards.codecs import DecodeError, field_ext, payload_field
 from nepa.data.shards.manifest import ShardList, resolve_shards
 from nepa.data.shards.options import ShardOptions
 from nepa.data.shards.reader import decode_all
@@ -39,7 +40,8 @@ class ImageShardsConfig(ImageDataConfig, ShardOptions):
 
 def decode_sample(sample: dict[str, Any], channels: int) -> tuple[torch.Tensor, int]:
     """Raw sample -> (uint8 (C, H, W) image, label or -1); DecodeError if bad."""
-    img_CHW = decode_image_bytes(sample[payload_field(sample, IMAGE_EXTS)])
+    field = payload_field(sample, exts_of("image"))  # built-in or user-registered extensions
+    img_CHW = decode_bytes(field_ext(field), sample[field])
     if img_CHW.shape[0] != channels:
         raise DecodeError(
             f"image has {img_CHW.shape[0]} channel(s), the config says channels={channels}",

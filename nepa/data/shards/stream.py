@@ -73,6 +73,8 @@ class SampleFn(Protocol):
     def __call__(self, sample: dict[str, Any], seed: int) -> Batch: ...
 
     def finish_batch(self, batch: Batch) -> Batch: ...
+
+
 Mode = Literal["exact", "resampled"]
 
 
