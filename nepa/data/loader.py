@@ -53,6 +53,19 @@ class TrainLoader:
         for item in self.batches:  # a batch dict, or (batch, meta) (a list after a DataLoader)
             yield (item, None) if isinstance(item, dict) else (item[0], item[1])
 
+    def check_resume(self, saved: dict | None) -> None:
+        """Raise ValueError if a checkpoint's data state was cut for another layout than this
+        loader's (a shard stream resumes exactly only with the same ranks and workers)."""
+        if not saved or saved.get("kind") != self.state.get("kind"):
+            return
+        diff = {k: (saved.get(k), v) for k, v in self.state.items() if saved.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"the data stream was cut for another layout ({what}); a streamed run resumes "
+                "exactly only with the same number of processes and train.num_workers"
+            )
+
     # -- what a source reports -----------------------------------------------------------------
     def observe(self, meta: dict | None, expected_micro: int, rank: int) -> None:
         """Take in a batch's report: its counts, or the fatal flag of a failed loader."""

@@ -100,8 +100,8 @@ class Classifier(nn.Module):
         groups = [[(f"backbone.{n}", p) for n, p in g] for g in self.backbone.layer_groups()]
         groups[-1] += [
             (f"{m}.{n}", p)
-            for m in ("fc_norm", "head")
-            for n, p in getattr(self, m).named_parameters()
+            for m, module in (("fc_norm", self.fc_norm), ("head", self.head))
+            for n, p in module.named_parameters()
         ]
         return groups
 

@@ -184,17 +184,10 @@ class Trainer:
         return self._loader.state if self._loader is not None else {}
 
     def _check_data_state(self, saved: dict | None) -> None:
-        """Shard streams resume exactly only with the layout they were cut for."""
-        ours = self.loader().state
-        if saved is None or saved.get("kind") != "shards" or ours.get("kind") != "shards":
-            return
-        diff = {k: (saved.get(k), ours.get(k)) for k in ours if saved.get(k) != ours.get(k)}
-        if diff:
-            what = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in diff.items())
-            raise CheckpointError(
-                f"the data stream was cut for another layout ({what}); a streamed run resumes "
-                "exactly only with the same number of processes and train.num_workers"
-            )
+        try:
+            self.loader().check_resume(saved)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
 
     def run(self, resume: bool, progress: bool = True) -> TrainResult:
         torch.use_deterministic_algorithms(self.cfg.train.deterministic, warn_only=True)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from nepa.cli import main
 from nepa.config import ConfigError
@@ -78,3 +79,33 @@ def test_damaged_checkpoint_of_an_unfinished_run(tiny_run: Path, tmp_path: Path,
         ckpt.write_bytes(ckpt.read_bytes()[:100])
     assert main(["eval", "knn", str(run)]) == 2
     assert "damaged" in capsys.readouterr().err
+
+
+def test_a_run_written_by_nepa_0_1_0_still_loads(tiny_run: Path, tmp_path: Path) -> None:
+    """0.1.0 called the attention mode ``predictor.mask``, had no ``encoder.field`` and read
+    features causally by default: such a run directory loads and evaluates as written."""
+    run = _copy(tiny_run, tmp_path)
+
+    def to_0_1_0(cfg: dict) -> None:
+        cfg["predictor"]["mask"] = cfg["predictor"].pop("attn")
+        del cfg["predictor"]["start_token"], cfg["encoder"]["field"]
+        cfg["eval"]["attn"] = "causal"
+
+    _edit_json(run / "config.json", to_0_1_0)
+    _edit_json(run / "meta.json", lambda m: m.update(nepa_version="0.1.0"))
+    cfg, objective = load_run(run)
+    assert cfg.predictor.attn == "causal" and cfg.eval.attn == "causal"
+    _, fresh = load_run(tiny_run)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(objective.state_dict().values(), fresh.state_dict().values(), strict=True)
+    )
+    assert main(["eval", "knn", str(run)]) == 0
+
+
+def test_an_unmigrated_key_names_both_versions(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy(tiny_run, tmp_path)
+    _edit_json(run / "config.json", lambda c: c["predictor"].update(mask="causal"))
+    with pytest.raises(ConfigError, match=r"(?s)written by nepa 0\.2\.0.*predictor\.mask") as e:
+        load_run(run)
+    assert "unknown key" in str(e.value)
