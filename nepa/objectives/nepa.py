@@ -110,7 +110,7 @@ class Nepa(Objective):
         return self.collapse(step)
 
     def no_weight_decay(self) -> set[str]:
-        return {f"predictor.{n}" for n in self.predictor.no_weight_decay()}
+        return self.backbone().no_weight_decay()  # the start token
 
     def backbone(self) -> TokenBackbone:
         return TokenBackbone(self.encoder, self.predictor)

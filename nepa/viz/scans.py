@@ -31,8 +31,8 @@ def draw_path_png(
 
     Cells are a light grid, the y axis points down as in an image; 3-D frames sit side by side.
     """
-    # Imported here so that training code importing scans never pays for matplotlib; the Agg
-    # canvas renders off-screen without touching pyplot's global backend state.
+    # Imported here so that importing nepa.viz never pays for matplotlib; the Agg canvas
+    # renders off-screen without touching pyplot's global backend state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
