@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +132,28 @@ def import_file(path: str | Path) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)  # type: ignore[union-attr]
-    except BaseException:
+    except Exception as e:
         sys.modules.pop(name, None)  # a half-run module must not be found by the next import
+        where = _user_frame(e, path)
+        raise ConfigError(
+            f"{path}{where} raised {type(e).__name__} on import: {e} (--debug shows the traceback)"
+        ) from e
+    except BaseException:
+        sys.modules.pop(name, None)
         raise
     return module
+
+
+def _user_frame(e: BaseException, path: Path) -> str:
+    """``:LINE`` of the deepest traceback frame in ``path`` (or of a SyntaxError), else ''."""
+    if isinstance(e, SyntaxError) and e.lineno:
+        return f":{e.lineno}"
+    lines = [
+        lineno
+        for frame, lineno in traceback.walk_tb(e.__traceback__)
+        if frame.f_code.co_filename == str(path)
+    ]
+    return f":{lines[-1]}" if lines else ""
 
 
 def _import_module(target: str) -> tuple[Any, bool]:

@@ -363,5 +363,8 @@ def test_a_recipe_file_that_fails_to_import_fails_every_time(tmp_path: Path) -> 
     bad = tmp_path / "bad_recipe.py"
     bad.write_text("def tiny():\n    return None\n\nraise RuntimeError('user bug at import')\n")
     for _ in range(2):
-        with pytest.raises(RuntimeError, match="user bug at import"):
+        with pytest.raises(
+            ConfigError, match="bad_recipe.py:4 raised RuntimeError on import: user bug"
+        ) as e:
             load_recipe(f"{bad}:tiny")
+        assert isinstance(e.value.__cause__, RuntimeError)

@@ -30,6 +30,9 @@ def add_overrides(p: argparse.ArgumentParser, example: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nepa", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an unexpected error"
+    )
     sub = parser.add_subparsers(dest="command")
     for name in SUBCOMMANDS:
         try:
@@ -51,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the subcommand
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     if args.version:
         import nepa
 
@@ -60,7 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as e:  # one line for a user; the traceback behind --debug
+        if args.debug:
+            raise
+        print(
+            f"nepa {args.command}: error: {type(e).__name__}: {e} (rerun with --debug for the "
+            "traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

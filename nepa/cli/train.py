@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue exactly from the latest checkpoint in --out"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its config, weights, metrics and checkpoints)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -38,11 +43,14 @@ def run(args: argparse.Namespace) -> int:
     from nepa.data.shards.health import BadDataError
     from nepa.data.shards.manifest import ShardSourceError
     from nepa.train.checkpoint import CheckpointError
+    from nepa.train.rundir import RunDirError
     from nepa.train.trainer import NonFiniteLossError, train
 
     try:
         cfg, canonical = load_recipe(args.recipe, args.overrides)
     except ConfigError as e:
+        if getattr(args, "debug", False) and e.__cause__ is not None:
+            raise  # the recipe's own error, with its traceback
         print(f"nepa train: {e}", file=sys.stderr)
         return 2
     if args.print_config:
@@ -51,12 +59,24 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.out is None:
         print("nepa train: --resume needs --out DIR (the run to continue)", file=sys.stderr)
         return 2
+    if args.resume and args.overwrite:
+        print(
+            "nepa train: --resume continues a run, --overwrite replaces it: pick one",
+            file=sys.stderr,
+        )
+        return 2
     out = args.out or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         result = train(
-            cfg, out, recipe=canonical, resume=args.resume, progress=not args.no_progress
+            cfg,
+            out,
+            recipe=canonical,
+            resume=args.resume,
+            progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
     except (
+        RunDirError,
         CheckpointError,
         NonFiniteLossError,
         BadDataError,
@@ -65,5 +85,8 @@ def run(args: argparse.Namespace) -> int:
     ) as e:
         print(f"nepa train: {e}", file=sys.stderr)
         return 1
+    except (ConfigError, FileNotFoundError) as e:  # a bad value or a missing data path
+        print(f"nepa train: {e}", file=sys.stderr)
+        return 2
     log.info("finished at step %d (%s); run directory: %s", result.step, result.stopped_by, out)
     return 0

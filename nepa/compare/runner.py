@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from nepa.eval.load import WEIGHTS, load_weights
 from nepa.io import atomic_write_text
 from nepa.train.build import build_objective
 from nepa.train.checkpoint import list_checkpoints
-from nepa.train.rundir import CONFIG, METRICS, read_metrics
+from nepa.train.rundir import read_metrics
 from nepa.train.trainer import RESUME_MAY_DIFFER, flatten, train
 
 log = logging.getLogger(__name__)
@@ -154,15 +153,18 @@ class Comparison:
 
     def _train(self, cfg: RunConfig, rd: Path, state: dict) -> bool:
         resume = bool(list_checkpoints(rd / "checkpoints"))
-        if not resume and rd.exists():
-            # Killed before its first checkpoint: start clean (stale metrics would be appended).
-            for stale in (METRICS, "tb", CONFIG):
-                path = rd / stale
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         rd.mkdir(parents=True, exist_ok=True)
         self._save(rd, state)
         t0 = time.perf_counter()
-        result = train(cfg, rd, recipe=self.plan.recipe, resume=resume, progress=self.progress)
+        # Killed before its first checkpoint: start clean (stale metrics would be appended).
+        result = train(
+            cfg,
+            rd,
+            recipe=self.plan.recipe,
+            resume=resume,
+            progress=self.progress,
+            overwrite=not resume,
+        )
         state["train_seconds"] += time.perf_counter() - t0
         self._save(rd, state)
         if result.stopped_by != "completed":

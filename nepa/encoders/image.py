@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 from einops import rearrange
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from nepa.batch import Batch, FieldSpec, require_field
@@ -18,7 +18,9 @@ from nepa.tokens import Tokens
 class ImageEncoderConfig(EncoderConfig):
     kind: Literal["image"] = "image"
     field: str = Field("image", description="the batch field holding (B, C, H, W) images")
-    patch_size: int | tuple[int, int] = Field(16, description="patch height/width in pixels")
+    patch_size: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
+        16, description="patch height/width in pixels"
+    )
     scan: str = "raster"
     scan_seed: int = 0
 

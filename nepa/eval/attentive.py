@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -42,6 +42,13 @@ class AttentiveConfig(Config):
     warmup: float = Field(
         0.1, ge=0, description="warm-up length: a fraction of steps (<1) or a step count (>=1)"
     )
+
+    @field_validator("lr_grid")
+    @classmethod
+    def _check_lrs(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if min(v) <= 0:
+            raise ValueError(f"learning rates must be > 0, got {list(v)}")
+        return v
 
 
 class AttentiveHead(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from nepa.eval.attentive import AttentiveConfig
 from nepa.eval.finetune import FinetuneConfig
@@ -37,3 +37,17 @@ class EvalConfig(Config):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     attentive: AttentiveConfig = AttentiveConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+
+    @field_validator("layer")
+    @classmethod
+    def _check_layer(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("blocks count from 1 (1 = the first, -1 = the last); 0 is no block")
+        return v
+
+    @field_validator("linear_l2")
+    @classmethod
+    def _check_l2(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if min(v) <= 0:
+            raise ValueError(f"L2 strengths must be > 0, got {list(v)}")
+        return v

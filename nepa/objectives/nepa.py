@@ -35,8 +35,10 @@ class NepaConfig(ObjectiveConfig):
     shift: bool = True
     stop_grad: bool = True
     monitor_every: int = Field(50, ge=0, description="collapse statistics every N steps (0: never)")
-    collapse_std: float = Field(0.05, description="warn when std*sqrt(D) falls below this")
-    collapse_rank: float = Field(1.5, description="warn when the effective rank falls below this")
+    collapse_std: float = Field(0.05, ge=0, description="warn when std*sqrt(D) falls below this")
+    collapse_rank: float = Field(
+        1.5, ge=0, description="warn when the effective rank falls below this"
+    )
 
 
 def prediction_target(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from nepa.schema import Config
 
@@ -21,19 +21,19 @@ class PredictorConfig(Config):
     predictor is built for an A-axis encoder.
     """
 
-    dim: int = 192
-    depth: int = 6
-    heads: int = 3
+    dim: int = Field(192, gt=0, description="model width")
+    depth: int = Field(6, gt=0, description="transformer blocks")
+    heads: int = Field(3, gt=0, description="attention heads (dim / heads per head)")
     mlp: Literal["swiglu", "gelu"] = "swiglu"
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = Field(4.0, gt=0)
     qk_norm: bool = True
-    layerscale: float | None = 1e-5
+    layerscale: float | None = Field(1e-5, gt=0, description="LayerScale init; null: none")
     rope: bool = True
-    rope_theta: float = 100.0
+    rope_theta: float = Field(100.0, gt=0)
     rope_rescale: tuple[float, float] | None = None
     drop_path: float = 0.0
     attn: Literal["causal", "bidirectional", "prefix"] = "causal"
-    prefix_len: int = 0
+    prefix_len: int = Field(0, ge=0)
     attn_backend: Literal["auto", "xformers", "sdpa"] = "auto"
     qkv_bias: bool = True
     start_token: bool = True

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from nepa.schema import Config
 
@@ -18,12 +18,19 @@ class OptimConfig(Config):
     lr: float = Field(1.5e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
+    eps: float = Field(1e-8, gt=0)
     warmup: float = Field(
         0.025, ge=0, description="warm-up length: a fraction of steps (<1) or a step count (>=1)"
     )
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
-    clip_grad: float | None = Field(1.0, description="max global grad norm; null disables")
+    clip_grad: float | None = Field(1.0, gt=0, description="max global grad norm; null disables")
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must each lie in [0, 1), got {list(v)}; e.g. [0.9, 0.95]")
+        return v
 
 
 def build_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.AdamW:

@@ -17,9 +17,10 @@ import torch
 from tqdm import tqdm
 
 from nepa.batch import batch_size, to_device
-from nepa.config import RunConfig
+from nepa.config import ConfigError, RunConfig
 from nepa.data.base import build_dataset
 from nepa.data.loader import TrainLoader, train_loader
+from nepa.data.sampler import check_layout
 from nepa.data.shards.health import BadDataError
 from nepa.train.build import build_objective, place, resolve_precision
 from nepa.train.checkpoint import (
@@ -40,7 +41,7 @@ from nepa.train.distributed import (
     wrap_model,
 )
 from nepa.train.optim import build_optimizer, schedule, set_lr
-from nepa.train.rundir import RunDir, export_weights
+from nepa.train.rundir import RunDir, RunDirError, export_weights
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,12 @@ def train(
     recipe: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
+    """Train ``cfg`` into the run directory ``out``. A directory that already holds a run is
+    refused unless ``resume`` (continue it) or ``overwrite`` (replace it) is given."""
     env = init_distributed(cfg.train.device)
-    return Trainer(cfg, Path(out), env, recipe).run(resume, progress)
+    return Trainer(cfg, Path(out), env, recipe).run(resume, progress, overwrite)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -95,6 +99,11 @@ def step_seed(run_seed: int, step: int) -> int:
 class Trainer:
     def __init__(self, cfg: RunConfig, out: Path, env: DistEnv, recipe: str | None) -> None:
         self.cfg, self.env, self.recipe = cfg, env, recipe
+        t = cfg.train
+        try:  # before anything is built or written
+            check_layout(t.batch_size, t.accum, env.rank, env.world)
+        except ValueError as e:
+            raise ConfigError(f"train.batch_size: {e}") from None
         self.run_dir = RunDir(out)
         self.objective = build_objective(cfg)
         self.backend = place(self.objective, env.device)
@@ -107,6 +116,10 @@ class Trainer:
         self.lr_at = schedule(cfg.optim, cfg.train.steps)
         self.dataset = build_dataset(cfg.data, split="train", train=True)
         self.step = 0
+        try:  # a batch larger than the data, a stream that cannot be cut: said before any write
+            self.loader()
+        except ValueError as e:
+            raise ConfigError(f"data / train.batch_size: {e}") from None
         self._stop_requested = False
         self._loader: TrainLoader | None = None
         self._restored_health: dict = {}
@@ -148,6 +161,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        if self.env.is_main:  # the steps after the checkpoint are logged again: keep them once
+            self.run_dir.truncate_metrics(self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
     def save(self) -> None:
@@ -189,22 +204,50 @@ class Trainer:
         except ValueError as e:
             raise CheckpointError(str(e)) from None
 
-    def run(self, resume: bool, progress: bool = True) -> TrainResult:
+    def run(self, resume: bool, progress: bool = True, overwrite: bool = False) -> TrainResult:
         torch.use_deterministic_algorithms(self.cfg.train.deterministic, warn_only=True)
-        if resume:
-            self.restore()
-        elif list_checkpoints(self.run_dir.ckpt_dir):
-            raise CheckpointError(
-                f"{self.run_dir.path} already holds checkpoints: pass --resume, or choose another --out"
-            )
-        if self.env.is_main:
-            self.run_dir.write_start(self.cfg.model_dump(mode="json"), self.meta())
+        try:
+            self._take_run_dir(resume, overwrite)
+            if resume:
+                self.restore()
+            if self.env.is_main:
+                self.run_dir.write_start(self.cfg.model_dump(mode="json"), self.meta())
+        except BaseException:
+            self.run_dir.close()
+            raise
         old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             return self._loop(progress)
         finally:
             signal.signal(signal.SIGTERM, old_handler)
             self.run_dir.close()
+
+    def _take_run_dir(self, resume: bool, overwrite: bool) -> None:
+        """Rank 0 locks the directory and checks it may be written as asked; every rank then
+        learns the outcome (a rank that went on alone would wait in a collective)."""
+        error = None
+        if self.env.is_main:
+            try:
+                self.run_dir.lock()
+                found = self.run_dir.holds_a_run()
+                if resume and not list_checkpoints(self.run_dir.ckpt_dir):
+                    pass  # restore() says what is missing
+                elif found and not resume and not overwrite:
+                    raise RunDirError(
+                        f"{self.run_dir.path} already holds a run ({', '.join(found)}): pass "
+                        "--resume to continue it, --overwrite to replace it, or choose another --out"
+                    )
+                elif found and overwrite:
+                    log.warning("--overwrite: removing the previous run in %s", self.run_dir.path)
+                    self.run_dir.clear()
+            except RunDirError as e:
+                error = e
+        flag = torch.tensor([float(error is not None)], device=self.env.device)
+        if error is not None:
+            all_reduce(flag, "max")
+            raise error
+        if all_reduce(flag, "max").item() > 0:
+            raise RunDirError("rank 0 could not take the run directory (its log says why)")
 
     def meta(self) -> dict:
         return {

@@ -30,7 +30,7 @@ from nepa.params import decay_groups
 from nepa.train.build import build_objective, resolve_precision
 from nepa.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from nepa.train.optim import build_optimizer, lr_at, schedule, set_lr, warmup_steps
-from nepa.train.rundir import read_metrics
+from nepa.train.rundir import RunDirError, read_metrics
 from nepa.train.trainer import NonFiniteLossError, step_seed, train
 
 # ------------------------------------------------------------------------------ optimizer
@@ -347,7 +347,7 @@ def test_existing_checkpoints_without_resume_is_an_error(baseline, tmp_path: Pat
     cfg, out, _ = baseline
     run = tmp_path / "run"
     shutil.copytree(out, run)
-    with pytest.raises(CheckpointError, match="already holds checkpoints: pass --resume"):
+    with pytest.raises(RunDirError, match="already holds a run .*: pass --resume"):
         train(cfg, run, progress=False)
 
 
