@@ -47,6 +47,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--json", type=Path, default=None, help="write the result to this file")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        metavar="FILE_OR_MODULE:FUNCTION",
+        help="import this recipe for its registrations instead of the one the run recorded "
+        "(a recipe that moved; never one inside the run directory)",
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -55,9 +62,10 @@ def _load(args: argparse.Namespace):
     from nepa.device import pick_device
     from nepa.eval.load import load_run
     from nepa.train.checkpoint import CheckpointError
+    from nepa.train.rundir import RunDirError
 
     try:
-        cfg, objective = load_run(args.run_dir, random_init=args.random_init)
+        cfg, objective = load_run(args.run_dir, random_init=args.random_init, recipe=args.recipe)
         if args.data:
             data_cfg, _ = load_recipe(args.data)
             cfg = cfg.model_copy(update={"data": data_cfg.data})
@@ -68,7 +76,7 @@ def _load(args: argparse.Namespace):
             )
         cfg = apply_overrides(cfg, args.overrides)
         device = pick_device(args.device or "auto")
-    except (ConfigError, FileNotFoundError, CheckpointError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, CheckpointError, RunDirError, ValueError) as e:
         print(f"nepa eval: {e}", file=sys.stderr)
         return 2
     return cfg, objective, device
@@ -81,7 +89,11 @@ def run_protocol(args: argparse.Namespace) -> int:
     if isinstance(loaded, int):
         return loaded
     cfg, objective, device = loaded
+    from nepa.eval.load import weights_info
+
+    # which weights were evaluated (the final export, or a checkpoint of an unfinished run)
     init = {"random_init": args.random_init}
+    weights = None if args.random_init else weights_info(args.run_dir)
     try:
         if getattr(args, "sweep", False):
             depth = objective.backbone().depth
@@ -106,6 +118,13 @@ def run_protocol(args: argparse.Namespace) -> int:
     except ValueError as e:  # a setting that does not fit this run (a layer, a pooling...)
         print(f"nepa eval: {e}", file=sys.stderr)
         return 2
+    results = [{**r, "weights": weights} for r in results]
+    if weights is not None and weights["step"] is not None:
+        print(
+            f"nepa eval: {args.run_dir} has no model.safetensors (an unfinished run?): evaluated "
+            f"{weights['file']} (step {weights['step']})",
+            file=sys.stderr,
+        )
     for r in results:
         print(json.dumps(r))
     if args.json:

@@ -65,6 +65,11 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CKPT_RE.search(p.name).group(1)))
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's file name (``step_00000100.pt`` -> 100)."""
+    return int(CKPT_RE.search(path.name).group(1))
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Path:
     found = list_checkpoints(ckpt_dir)
     if not found:
@@ -81,11 +86,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt zips
+        # Only torch's first line: its advice to retry with weights_only=False would unpickle
+        # whatever the file holds, which nepa never does.
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
-            f"checkpoint {path} is damaged or not a nepa checkpoint ({type(e).__name__}: {e}). "
-            "Older checkpoints in the same folder are left untouched; delete this file to resume "
-            "from the previous one."
-        ) from e
+            f"checkpoint {path} is damaged or not a nepa checkpoint ({type(e).__name__}: {why}); "
+            "nepa reads checkpoints as plain tensors and never unpickles objects. Older "
+            "checkpoints in the same folder are left untouched; delete this file to resume from "
+            "the previous one."
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(state).__name__}, not a nepa training checkpoint"
+        )
     missing = {"model", "optimizer", "step", "rng", "config"} - set(state)
     if missing:
         raise CheckpointError(

@@ -152,7 +152,13 @@ def read_meta(path: Path) -> dict[str, Any]:
     file = path / META
     if not file.is_file():
         raise FileNotFoundError(f"{path} is not a nepa run directory (no {META})")
-    return json.loads(file.read_text())
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{file} is not valid JSON ({e}): the run directory is damaged") from None
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{file} holds a {type(meta).__name__}, not an object: damaged")
+    return meta
 
 
 def export_weights(model: torch.nn.Module, run_dir: Path, name: str = WEIGHTS) -> Path:

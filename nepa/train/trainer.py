@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,16 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     for k, v in d.items():
         out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+def relative_recipe(recipe: str | None, run_dir: Path) -> str | None:
+    """``FILE:FUNC`` with FILE relative to the run directory, for recipe files; else None."""
+    if not recipe:
+        return None
+    target, _, func = recipe.rpartition(":")
+    if not target.endswith(".py"):
+        return None
+    return f"{os.path.relpath(Path(target).resolve(), run_dir.resolve())}:{func}"
 
 
 def step_seed(run_seed: int, step: int) -> int:
@@ -252,6 +263,8 @@ class Trainer:
     def meta(self) -> dict:
         return {
             "recipe": self.recipe,
+            # the recipe file relative to the run, for a run copied with its code elsewhere
+            "recipe_relative": relative_recipe(self.recipe, self.run_dir.path),
             "attention_backend": self.backend.name,
             "attention_reason": self.backend.reason,
             "world_size": self.env.world,

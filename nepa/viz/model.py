@@ -14,6 +14,7 @@ from nepa.eval.load import load_run
 from nepa.objectives.backbone import Backbone
 from nepa.objectives.base import Objective
 from nepa.train.checkpoint import CheckpointError
+from nepa.train.rundir import RunDirError
 
 
 class VizError(ValueError):
@@ -52,7 +53,7 @@ def load_viz_model(run_dir: Path, *, random_init: bool = False) -> VizModel:
     directory that cannot be loaded raises VizError saying why (nepa.eval.load's message)."""
     try:
         cfg, objective = load_run(Path(run_dir), random_init=random_init)
-    except (ConfigError, FileNotFoundError, CheckpointError) as e:
+    except (ConfigError, FileNotFoundError, CheckpointError, RunDirError) as e:
         raise VizError(str(e)) from None
     return image_model(cfg, objective)
 
