@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from nepa.cli import main
-from nepa.train.trainer import train
 
 TESTS = Path(__file__).resolve().parents[1]
 EMA_PLUGIN = TESTS / "user_plugins" / "ema_views.py"
@@ -87,10 +86,26 @@ def ema_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (project / "recipes").mkdir()
     recipe = project / "recipes" / "ema.py"
     shutil.copy(EMA_PLUGIN, recipe)
-    from nepa.config import load_recipe
-
-    cfg, canonical = load_recipe(f"{recipe}:tiny", ["train.steps=2"])
-    train(cfg, project / "runs" / "r", recipe=canonical, progress=False)
+    # In a new process: this one may already hold the plugin's registrations from another path.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nepa.cli",
+            "train",
+            f"{recipe}:tiny",
+            "--set",
+            "train.steps=2",
+            "--out",
+            str(project / "runs" / "r"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
     return project
 
 
