@@ -55,7 +55,7 @@ def test_train_resume_exactly_and_evaluate(
     with monkeypatch.context() as m:
         sigterm_during_step(m, 3)
         first = train(cfg, tmp_path / "split", recipe=f"{PLUGIN}:tiny", progress=False)
-    assert first.stopped_by == "sigterm" and first.step == 3
+    assert first.stopped_by == "signal" and first.step == 3
     second = train(cfg, tmp_path / "split", recipe=f"{PLUGIN}:tiny", resume=True, progress=False)
     assert first.losses + second.losses == full.losses  # identical, EMA target included
     # every metric the objective returns is logged

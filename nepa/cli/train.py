@@ -1,4 +1,8 @@
-"""``nepa train MODULE_OR_FILE:FUNCTION [--set key=value ...] [--out DIR] [--resume]``."""
+"""``nepa train MODULE_OR_FILE:FUNCTION [--set key=value ...] [--out DIR] [--resume|--overwrite]``.
+
+Exit status: 0 finished; 75 stopped before the last step but resumable (SIGTERM, Ctrl-C, too
+much bad data, a non-finite loss after a checkpoint): rerun with --resume; 1 failed; 2 a bad
+config, recipe or data path."""
 
 from __future__ import annotations
 
@@ -42,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from nepa.data.shards.codecs import PickleMemberError
     from nepa.data.shards.health import BadDataError
     from nepa.data.shards.manifest import ShardSourceError
-    from nepa.train.checkpoint import CheckpointError
+    from nepa.train.checkpoint import CheckpointError, list_checkpoints
     from nepa.train.rundir import RunDirError
-    from nepa.train.trainer import NonFiniteLossError, train
+    from nepa.train.trainer import EXIT_RESUMABLE, NonFiniteLossError, train
 
     try:
         cfg, canonical = load_recipe(args.recipe, args.overrides)
@@ -75,18 +79,24 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             overwrite=args.overwrite,
         )
-    except (
-        RunDirError,
-        CheckpointError,
-        NonFiniteLossError,
-        BadDataError,
-        PickleMemberError,
-        ShardSourceError,
-    ) as e:
+    except (BadDataError, NonFiniteLossError) as e:  # stopped; the message says how to resume
+        print(f"nepa train: {e}", file=sys.stderr)
+        return EXIT_RESUMABLE if list_checkpoints(out / "checkpoints") else 1
+    except (RunDirError, CheckpointError, PickleMemberError, ShardSourceError) as e:
         print(f"nepa train: {e}", file=sys.stderr)
         return 1
     except (ConfigError, FileNotFoundError) as e:  # a bad value or a missing data path
         print(f"nepa train: {e}", file=sys.stderr)
         return 2
-    log.info("finished at step %d (%s); run directory: %s", result.step, result.stopped_by, out)
+    if result.stopped_by != "completed":
+        log.warning(
+            "stopped at step %d of %d (%s): continue with `nepa train %s --out %s --resume`",
+            result.step,
+            cfg.train.steps,
+            result.stopped_by,
+            args.recipe,
+            out,
+        )
+        return EXIT_RESUMABLE
+    log.info("finished at step %d; run directory: %s", result.step, out)
     return 0

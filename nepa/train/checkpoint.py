@@ -6,8 +6,10 @@ never arbitrary pickled objects.
 
 from __future__ import annotations
 
+import errno
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +49,42 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``step_XXXXXXXX.pt`` atomically, then prune all but the newest ``keep``."""
+def state_bytes(state: Any) -> int:
+    """Bytes of the tensors in a (nested) state: about the size of its checkpoint."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, list | tuple):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int | None) -> Path:
+    """Write ``step_XXXXXXXX.pt`` atomically, then prune all but the newest ``keep`` (None: prune
+    nothing, for the checkpoint a stop writes). A full disk is a CheckpointError saying how much
+    space is needed; the partial file is removed and the older checkpoints stay."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / f"step_{step:08d}.pt"
-    with atomic_open(final) as f:  # a reader sees the old file or the whole new one
-        torch.save(state, f)
-    for old in list_checkpoints(ckpt_dir)[:-keep]:
-        old.unlink()
+    try:
+        with atomic_open(final) as f:  # a reader sees the old file or the whole new one
+            torch.save(state, f)
+    except (OSError, RuntimeError) as e:
+        need = state_bytes(state)
+        free = shutil.disk_usage(ckpt_dir).free
+        full = getattr(e, "errno", None) == errno.ENOSPC or free < need
+        if not full:
+            raise
+        last = list_checkpoints(ckpt_dir)
+        kept = f"the last good checkpoint {last[-1].name} is kept" if last else "no checkpoint yet"
+        raise CheckpointError(
+            f"no space left on the device of {ckpt_dir} to write step {step}: need about "
+            f"{need / 2**20:.0f} MB, {free / 2**20:.0f} MB free; {kept}. Free some space and "
+            "rerun with --resume"
+        ) from None
+    if keep is not None:
+        for old in list_checkpoints(ckpt_dir)[:-keep]:
+            old.unlink()
     return final
 
 

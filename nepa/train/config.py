@@ -24,3 +24,8 @@ class TrainConfig(Config):
     ckpt_every: int = Field(500, gt=0)
     keep_ckpts: int = Field(2, gt=0)
     deterministic: bool = False
+    dist_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a collective may wait for a hung rank before the job fails",
+    )

@@ -6,6 +6,7 @@ import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -33,15 +34,17 @@ class DistEnv:
         return self.world > 1
 
 
-def init_distributed(device_request: str) -> DistEnv:
-    """Read torchrun's environment; start a process group (nccl on GPU, gloo on CPU) if world > 1."""
+def init_distributed(device_request: str, timeout_s: float = 300.0) -> DistEnv:
+    """Read torchrun's environment; start a process group (nccl on GPU, gloo on CPU) if world > 1.
+    A collective that waits longer than ``timeout_s`` (a hung or stopped rank) fails the job
+    instead of holding it for torch's default 30 minutes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_request, local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
         if device.type == "cpu":
             # Ranks on one host share its cores; oversubscribing threads slows every rank.
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))

@@ -42,18 +42,37 @@ from nepa.train.distributed import (
     wrap_model,
 )
 from nepa.train.optim import build_optimizer, schedule, set_lr
-from nepa.train.rundir import RunDir, RunDirError, export_weights
+from nepa.train.rundir import RunDir, RunDirError, export_weights, read_meta
 
 log = logging.getLogger(__name__)
 
 # Keys that may differ between a checkpoint's config and the resuming run's config.
+# Keys a resume may change (each change is recorded in metrics.jsonl and meta.json): what a stop
+# asks for (the bad-data limit, repaired shards with the same layout, a lower lr or tighter
+# clipping after a NaN), logging and checkpoint cadence, workers, device, the collective
+# timeout, and evaluation settings. Anything else would make the run a different run.
 RESUME_MAY_DIFFER = {
     "train.log_every",
     "train.ckpt_every",
     "train.keep_ckpts",
     "train.num_workers",
     "train.device",
+    "train.dist_timeout_s",
+    "data.max_bad_fraction",
+    "data.source",
+    "optim.lr",
+    "optim.clip_grad",
 }
+RESUME_MAY_DIFFER_PREFIXES = ("eval.",)
+
+#: ``nepa train`` exits with this code when a run stopped before its last step but can be
+#: resumed (a signal, too much bad data, a non-finite loss after a checkpoint): a scheduler or
+#: script can tell it from success (0) and from a failure (1, 2)
+EXIT_RESUMABLE = 75
+
+
+def may_differ(key: str) -> bool:
+    return key in RESUME_MAY_DIFFER or key.startswith(RESUME_MAY_DIFFER_PREFIXES)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -79,7 +98,7 @@ def train(
 ) -> TrainResult:
     """Train ``cfg`` into the run directory ``out``. A directory that already holds a run is
     refused unless ``resume`` (continue it) or ``overwrite`` (replace it) is given."""
-    env = init_distributed(cfg.train.device)
+    env = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     return Trainer(cfg, Path(out), env, recipe).run(resume, progress, overwrite)
 
 
@@ -136,6 +155,8 @@ class Trainer:
         self._restored_health: dict = {}
         self._saved_health: dict = {}
         self._metric_names: list[str] | None = None  # fixed by the objective's first step
+        self._resume: dict | None = None  # this start's resume: step, checkpoint, changes
+        self._interrupts = 0
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -156,16 +177,19 @@ class Trainer:
         state = load_checkpoint(path)
         ours = flatten(json.loads(json.dumps(self.cfg.model_dump(mode="json"))))
         theirs = flatten(state["config"])
-        diff = sorted(
-            k
-            for k in ours.keys() | theirs.keys()
-            if ours.get(k) != theirs.get(k) and k not in RESUME_MAY_DIFFER
-        )
-        if diff:
+        changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        refused = [k for k in changed if not may_differ(k)]
+        if refused:
             raise CheckpointError(
-                f"config differs from the checkpoint's at {', '.join(diff)}; resume with the same "
-                f"config (see {self.run_dir.path / 'config.json'}) or start a new --out"
+                f"config differs from the checkpoint's at {', '.join(refused)}; a resume may "
+                f"change only {', '.join(sorted(RESUME_MAY_DIFFER))} and eval.*; resume with "
+                f"the same config (see {self.run_dir.path / 'config.json'}) or start a new --out"
             )
+        self._resume = {
+            "step": int(state["step"]),
+            "checkpoint": path.name,
+            "changes": {k: [theirs.get(k), ours.get(k)] for k in changed},
+        }
         self._check_data_state(state.get("data"))
         self._restored_health = state.get("data_health") or {}
         self.objective.load_state_dict(state["model"])
@@ -174,15 +198,19 @@ class Trainer:
         self.step = int(state["step"])
         if self.env.is_main:  # the steps after the checkpoint are logged again: keep them once
             self.run_dir.truncate_metrics(self.step)
+            self.run_dir.log({"step": self.step, "resume": self._resume})
+        for k, (old, new) in self._resume["changes"].items():
+            log.warning("resume changes %s: %r -> %r", k, old, new)
         log.info("resumed from %s at step %d", path, self.step)
 
-    def save(self) -> None:
+    def save(self, rotate: bool = True) -> None:
+        """Checkpoint this step. A stop's checkpoint (``rotate=False``) removes no older one, so
+        repeated resume-and-stop cycles never lose the checkpoints a resume would need."""
         # A collective (the totals are summed over ranks), so before the rank-0-only write.
         self._saved_health = self._loader.health_state(self._reduce_sum)
         if self.env.is_main:
-            path = save_checkpoint(
-                self.run_dir.ckpt_dir, self.step, self.state(), self.cfg.train.keep_ckpts
-            )
+            keep = self.cfg.train.keep_ckpts if rotate else None
+            path = save_checkpoint(self.run_dir.ckpt_dir, self.step, self.state(), keep)
             log.info("checkpoint: %s", path)
         barrier()
 
@@ -226,11 +254,13 @@ class Trainer:
         except BaseException:
             self.run_dir.close()
             raise
-        old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        old_int = signal.signal(signal.SIGINT, self._on_signal)
         try:
             return self._loop(progress)
         finally:
-            signal.signal(signal.SIGTERM, old_handler)
+            signal.signal(signal.SIGTERM, old_term)
+            signal.signal(signal.SIGINT, old_int)
             self.run_dir.close()
 
     def _take_run_dir(self, resume: bool, overwrite: bool) -> None:
@@ -273,10 +303,26 @@ class Trainer:
             "precision_reason": self.precision_reason,
             # What evaluation needs to rebuild the input transform without the data source.
             "data_normalization": getattr(self.dataset, "normalization", None) or {},
+            "resumes": self._previous_resumes() + ([self._resume] if self._resume else []),
         }
 
-    def _on_sigterm(self, signum, frame) -> None:
-        log.warning("SIGTERM: will save a checkpoint after this step and exit")
+    def _previous_resumes(self) -> list[dict]:
+        try:
+            return list(read_meta(self.run_dir.path).get("resumes", []))
+        except (FileNotFoundError, RunDirError):
+            return []
+
+    def _on_signal(self, signum, frame) -> None:
+        """SIGTERM or Ctrl-C: save at the end of this step and exit; a second Ctrl-C aborts."""
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self._interrupts:
+            raise KeyboardInterrupt  # a second Ctrl-C: at once, without saving this step
+        self._interrupts += signum == signal.SIGINT
+        log.warning(
+            "%s: will save a checkpoint after this step and exit%s",
+            name,
+            " (Ctrl-C again to abort at once)" if signum == signal.SIGINT else "",
+        )
         self._stop_requested = True
 
     def _loop(self, progress: bool) -> TrainResult:
@@ -307,8 +353,8 @@ class Trainer:
                 self._stop_for_data()
             if not math.isfinite(loss_all):
                 raise NonFiniteLossError(
-                    f"loss is {loss_all} at step {self.step + 1}; stopping without saving, the last good "
-                    f"checkpoint in {self.run_dir.ckpt_dir} is intact"
+                    f"loss is {loss_all} at step {self.step + 1}; stopping without saving. "
+                    + self._after_nan()
                 )
             grad_norm = self._optimizer_step()
             self.step += 1
@@ -351,9 +397,9 @@ class Trainer:
                 self.run_dir.log({"step": self.step, **stats})
             bar.update(1)
             if self.step % t.ckpt_every == 0 or self.step == total or stop_all > 0:
-                self.save()
+                self.save(rotate=not (stop_all > 0 and self.step < total))
             if stop_all > 0 and self.step < total:
-                result.stopped_by = "sigterm"
+                result.stopped_by = "signal"
                 break
         bar.close()
         result.step = self.step
@@ -408,16 +454,25 @@ class Trainer:
         try:
             return self._loader.report(self.step, self._reduce_sum)
         except BadDataError:
-            self.save()
+            self.save(rotate=False)
             raise
 
     def _stop_for_data(self) -> None:
         """A loader failed on some rank: drop this step's gradients, save, stop on every rank."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.save()
+        self.save(rotate=False)
         raise BadDataError(
             self._loader.fatal
             or "a data loader failed on another rank (its log says why); stopping every rank"
+        )
+
+    def _after_nan(self) -> str:
+        found = list_checkpoints(self.run_dir.ckpt_dir)
+        if not found:
+            return "No checkpoint was written yet: start again (e.g. with a lower optim.lr)"
+        return (
+            f"The last good checkpoint, {found[-1].name}, is intact: resume with --resume "
+            "--set optim.lr=... (a lower rate) or --set optim.clip_grad=..."
         )
 
     def _optimizer_step(self) -> float:
@@ -426,7 +481,8 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
         if not torch.isfinite(norm):
             raise NonFiniteLossError(
-                f"gradient norm is {norm.item()} at step {self.step + 1}; stopping without saving"
+                f"gradient norm is {norm.item()} at step {self.step + 1}; stopping without saving. "
+                + self._after_nan()
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -75,7 +75,7 @@ def test_sigterm_mid_epoch_then_resume_equals_no_interruption(
     with monkeypatch.context() as m:
         sigterm_during_step(m, 3)
         first = train(recipe(source), tmp_path / "run", progress=False)
-    assert first.stopped_by == "sigterm" and first.step == 3
+    assert first.stopped_by == "signal" and first.step == 3
     second = train(recipe(source), tmp_path / "run", resume=True, progress=False)
     assert first.losses + second.losses == result.losses
 
