@@ -25,12 +25,21 @@ def temp_path(path: PathLike) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def _renamed_on_success(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp = temp_path(path)
     try:
         yield tmp
+        # Some writers (safetensors) create files 0600; every file of a run is 0644 under the
+        # usual umask, like any file the user writes.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)  # atomic on POSIX: the old file or the whole new one
     except BaseException:
         tmp.unlink(missing_ok=True)

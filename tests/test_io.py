@@ -79,3 +79,21 @@ def test_atomic_dir_replaces_a_stale_folder_and_cleans_up(tmp_path: Path) -> Non
         (tmp / "b.npy").write_bytes(b"b")
         raise RuntimeError("build failed")
     assert _names(entry) == ["a.npy"] and _names(entry.parent) == ["entry"]
+
+
+def test_files_get_the_users_usual_mode(tmp_path) -> None:
+    """safetensors creates 0600 files; every file a run writes is 0644 under umask 022."""
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    from nepa.io import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "model.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o644

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -84,8 +85,8 @@ def write_shards(
     """Write ``samples`` as split ``split`` of the shard folder ``out_dir``; returns its entry.
 
     ``out_dir`` may already hold other splits: they are kept (their modality and classes must
-    agree); an existing split of the same name is replaced (its old shards are deleted first:
-    if this write then fails, the folder no longer has that split). ``shuffle_seed`` (None keeps the
+    agree); an existing split of the same name is replaced: the new split is written beside it
+    and swapped in at the end, so an interrupted or failed write leaves the old split whole. ``shuffle_seed`` (None keeps the
     given order) permutes the samples first, which holds them all in memory. ``created``
     records how the data was made (e.g. ``{"source": ..., "source_kind": ...}``); the nepa
     version, shard size and shuffle seed are added. For image modality the per-channel mean/std
@@ -96,30 +97,53 @@ def write_shards(
     out.mkdir(parents=True, exist_ok=True)
     existing = _read_existing(out)
     _check_compatible(existing, split, modality, classes, out)
-    if existing is not None and split in existing.splits:
-        _drop_split(existing, split, out)
-    marker = out / f".{split}.writing"  # present while shards of ``split`` are not in the manifest
-    _remove_stale_shards(out, split, marker)
-    marker.touch()
+    listed = (
+        {s.name for s in existing.splits[split].shards}
+        if existing and split in existing.splits
+        else set()
+    )
+    marker = out / f".{split}.writing"  # left by an interrupted write of an older nepa
+    _remove_stale_shards(out, split, marker, listed)
+    marker.unlink(missing_ok=True)
+    # The new split is written beside the old one, which stays complete and listed until the
+    # new one is: an interrupted write loses nothing. Then the shards and the manifest swap.
+    staging = out / f".{split}.new"
+    shutil.rmtree(staging, ignore_errors=True)  # an earlier interrupted write's partial split
+    staging.mkdir()
     try:
         info = _write_split(
-            samples, out, split, shard_size, modality, classes, shuffle_seed, progress
+            samples, staging, split, shard_size, modality, classes, shuffle_seed, progress
         )
-    except BaseException:  # a bad sample or an interrupt: leave no unlisted shards behind
-        _remove_stale_shards(out, split, marker)
-        marker.unlink()
+    except BaseException:  # a bad sample or an interrupt: the old split is untouched
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     how = {"shard_size": shard_size, "shuffle_seed": shuffle_seed, **(created or {})}
-    write_manifest(_merged(existing, split, info, modality, classes, how), out)
-    marker.unlink()
+    _swap_in(out, staging, listed, info, _merged(existing, split, info, modality, classes, how))
     log.info(
-        "wrote split %r: %d samples in %d shard(s) to %s",
+        "wrote split %r: %d samples in %d shard(s) to %s%s",
         split,
         info.samples,
         len(info.shards),
         out,
+        f" (replacing {len(listed)} shard(s))" if listed else "",
     )
     return info
+
+
+def _swap_in(out: Path, staging: Path, old: set[str], info: SplitInfo, manifest: Manifest) -> None:
+    """Move the staged shards into ``out`` and write the new manifest; the old shards of the
+    split are moved aside first and deleted last (a few renames: the only window in which the
+    folder is between the two versions)."""
+    aside = staging.with_suffix(".old")
+    aside.mkdir(exist_ok=True)
+    for name in old:
+        if (out / name).exists():
+            (out / name).rename(aside / name)
+    for shard in info.shards:
+        (staging / shard.name).rename(out / shard.name)
+    write_manifest(manifest, out)
+    shutil.rmtree(aside)
+    staging.rmdir()
 
 
 def _write_split(
@@ -202,31 +226,12 @@ def _check_compatible(
         )
 
 
-def _drop_split(existing: Manifest, split: str, out: Path) -> None:
-    """Take ``split`` out of the manifest before its shards are deleted, so a crash in between
-    never leaves the manifest pointing at missing or half-written shards."""
-    splits = {k: v for k, v in existing.splits.items() if k != split}
-    if not splits:
-        (out / MANIFEST).unlink()
-    else:
-        kept = existing.model_dump()
-        kept["splits"] = splits
-        write_manifest(Manifest.model_validate(kept), out)
-    for shard in existing.splits[split].shards:
-        (out / shard.name).unlink(missing_ok=True)
-    log.info(
-        "replacing split %r of %s (%d old shard(s) deleted)",
-        split,
-        out,
-        len(existing.splits[split].shards),
-    )
-
-
-def _remove_stale_shards(out: Path, split: str, marker: Path) -> None:
-    """Delete ``{split}-NNNNNN.tar`` files left by an interrupted write (its marker file is still
-    there); refuse to touch such files otherwise, as they may be someone else's data."""
+def _remove_stale_shards(out: Path, split: str, marker: Path, listed: set[str]) -> None:
+    """Delete ``{split}-NNNNNN.tar`` files the manifest does not list, left by an interrupted
+    write (its marker file is still there); refuse to touch such files otherwise, as they may be
+    someone else's data."""
     pattern = re.compile(rf"^{re.escape(split)}-\d{{6}}\.tar$")
-    stale = sorted(p for p in out.iterdir() if pattern.match(p.name))
+    stale = sorted(p for p in out.iterdir() if pattern.match(p.name) and p.name not in listed)
     if stale and not marker.exists():
         raise FileExistsError(
             f"{out} holds {len(stale)} shard file(s) of split {split!r} that its {MANIFEST} does "
