@@ -45,4 +45,8 @@ if ! "$shared/bin/python" -m pip --python .venv/bin/python install -q --no-deps 
     exit 1
 fi
 rm -f "$log"
+# torchrun lives in the shared stack's bin/; put a launcher for it beside nepa in .venv/bin, so
+# `source .venv/bin/activate` makes the README's torchrun commands work.
+printf '#!/bin/sh\nexec "$(dirname "$0")/python" -m torch.distributed.run "$@"\n' > .venv/bin/torchrun
+chmod +x .venv/bin/torchrun
 .venv/bin/python -c "import nepa, torch; print('setup: nepa', nepa.__version__, 'with torch', torch.__version__, 'ready in .venv')" >&2

@@ -28,7 +28,13 @@ def add_overrides(p: argparse.ArgumentParser, example: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nepa", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="nepa",
+        description="nepa: self-supervised pretraining by next-embedding prediction. "
+        "Train from a recipe, evaluate a run, compare scan orders and ablations.",
+        epilog="Run `nepa COMMAND --help` for a command's options; `nepa demo` for a first run. "
+        "--debug (anywhere on the line) shows the full traceback of an unexpected error.",
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback of an unexpected error"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -41,12 +42,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_show)
 
 
+MAX_CELLS = 1_000_000  # a 1000x1000 grid: beyond it, a drawing or table says nothing
+
+
 def parse_grid(text: str) -> tuple[int, ...]:
     """``"8x8"`` -> ``(8, 8)``; ``"16"`` -> ``(16,)``; raise ValueError saying the format."""
     parts = text.lower().split("x")
     if not 1 <= len(parts) <= 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise ValueError(f"bad --grid {text!r}; expected {GRID_HELP}")
-    return tuple(int(p) for p in parts)
+    grid = tuple(int(p) for p in parts)
+    if math.prod(grid) > MAX_CELLS:
+        raise ValueError(
+            f"--grid {text} has {math.prod(grid):,} cells; at most {MAX_CELLS:,} can be shown"
+        )
+    return grid
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

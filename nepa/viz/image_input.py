@@ -65,10 +65,29 @@ def _image_file(cfg: ImageDataConfig, path: Path) -> ImageInput:
         img_CHW = decode_image(data, mode=_MODES[cfg.channels])
     except RuntimeError as e:
         raise VizError(f"cannot decode {path} as an image: {e}") from None
+    if img_CHW.ndim == 4:  # an animated GIF: (frames, C, H, W); its first frame
+        img_CHW = img_CHW[0]
     img_CHW = TF.to_dtype(img_CHW, torch.uint8, scale=True)  # 16-bit PNGs -> uint8 like the data
+    img_CHW = _to_channels(img_CHW, cfg.channels)
     transform = run_eval_transform(cfg)
     x_CHW = transform(img_CHW)
     return ImageInput(x_CHW, display_pixels(x_CHW, transform), path.name)
+
+
+def _to_channels(img_CHW: torch.Tensor, channels: int) -> torch.Tensor:
+    """Some decoders (GIF) ignore the requested mode: convert to the run's channel count."""
+    c = img_CHW.shape[0]
+    if c == channels:
+        return img_CHW
+    if c in (2, 4):  # drop alpha
+        img_CHW, c = img_CHW[: c - 1], c - 1
+    if c == 3 and channels == 1:
+        return TF.rgb_to_grayscale(img_CHW)
+    if c == 1 and channels == 3:
+        return TF.grayscale_to_rgb(img_CHW)
+    if c == channels:
+        return img_CHW
+    raise VizError(f"cannot convert a {c}-channel image to the run's {channels} channels")
 
 
 def _split_item(cfg: ImageDataConfig, split: str, index: int) -> ImageInput:
