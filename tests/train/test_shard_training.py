@@ -99,7 +99,9 @@ def test_resume_refuses_another_worker_count(baseline, source: Path, tmp_path: P
         train(recipe(source, "train.num_workers=2", "train.steps=6"), tmp_path / "run", resume=True)
 
 
-def test_bad_data_over_the_limit_stops_with_a_checkpoint(tmp_path: Path) -> None:
+def test_bad_data_over_the_limit_stops_with_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bad = {i: "decode" for i in range(0, 96, 4)}  # 25% undecodable
     src = make_shards(tmp_path / "bad", [48, 48], size=32, channels=3, bad=bad)
     run = tmp_path / "run"
@@ -107,6 +109,30 @@ def test_bad_data_over_the_limit_stops_with_a_checkpoint(tmp_path: Path) -> None
         train(recipe(src, "data.max_bad_fraction=0.1", "train.steps=12"), run, progress=False)
     [ckpt] = list_checkpoints(run / "checkpoints")  # saved at the end of the first epoch
     assert load_checkpoint(ckpt)["step"] == 6
+    # What the stop asks for, on resume: a higher limit; then (after a pre-emption) repaired
+    # shards with the same layout at another source. Each change is recorded.
+    with monkeypatch.context() as m:
+        sigterm_during_step(m, 8)
+        more = train(
+            recipe(src, "data.max_bad_fraction=0.3", "train.steps=12"),
+            run,
+            resume=True,
+            progress=False,
+        )
+    assert more.step == 8
+    names = [p.name for p in list_checkpoints(run / "checkpoints")]
+    assert names == ["step_00000006.pt", "step_00000008.pt"]  # the stop rotated nothing out
+    fixed = make_shards(tmp_path / "fixed", [48, 48], size=32, channels=3)
+    done = train(
+        recipe(fixed, "data.max_bad_fraction=0.3", "train.steps=12"),
+        run,
+        resume=True,
+        progress=False,
+    )
+    assert done.step == 12
+    changes = [r["resume"]["changes"] for r in read_metrics(run) if "resume" in r]
+    assert changes[0] == {"data.max_bad_fraction": [0.1, 0.3]}
+    assert changes[1]["data.source"] == [str(src), str(fixed)]
 
 
 def test_bad_data_under_the_limit_is_reported_and_survives_a_resume(
