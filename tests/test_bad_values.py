@@ -85,3 +85,15 @@ def test_an_unexpected_error_is_one_line_unless_debug(
     assert "RuntimeError: something unforeseen (rerun with --debug" in err
     with pytest.raises(RuntimeError, match="unforeseen"):
         main(["train", TINY_RECIPE, "--out", str(tmp_path / "run"), "--debug"])
+
+
+def test_a_batch_not_divisible_by_the_world_size_is_refused_before_writing(tmp_path: Path) -> None:
+    import torch
+
+    from nepa.train.distributed import DistEnv
+    from nepa.train.trainer import Trainer
+
+    env = DistEnv(rank=0, world=3, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="train.batch_size: global_batch 16 is not divisible"):
+        Trainer(tiny_with(), tmp_path / "run", env, None)
+    assert not (tmp_path / "run").exists()

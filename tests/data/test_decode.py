@@ -158,3 +158,18 @@ def test_user_extension_reaches_folder_reader_and_shard_writer(
     assert info.samples == 4 and info.fields == ["bmp", "cls"] and manifest.modality == "image"
     pixels = np.stack(list(px.values())).reshape(-1, 3) / 255.0
     np.testing.assert_allclose(info.mean, pixels.mean(0), rtol=1e-9)
+
+
+def test_a_corrupt_png_carries_libpngs_message_and_prints_nothing(capfd) -> None:
+    import torch
+    from torchvision.io import encode_png
+
+    from nepa.data.decode import DecodeError, decode_image_bytes
+
+    good = encode_png(torch.zeros(3, 8, 8, dtype=torch.uint8)).numpy().tobytes()
+    bad = good[:40] + b"x" * 20 + good[60:]
+    with pytest.raises(DecodeError, match="libpng error"):
+        decode_image_bytes(bad)
+    assert decode_image_bytes(good).shape == (3, 8, 8)  # the next image decodes as usual
+    out, err = capfd.readouterr()
+    assert "libpng" not in err + out
