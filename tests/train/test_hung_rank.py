@@ -3,6 +3,7 @@ instead of holding rank 0 for torch's 30-minute default (issue 11, point 2)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -56,10 +57,8 @@ def test_a_stopped_rank_ends_the_job_after_the_timeout(tmp_path: Path) -> None:
     finally:
         for pid in stopped:  # let the stopped rank be killed
             for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
