@@ -3,6 +3,7 @@ data rely on, checked for each registry entry (a new entry is tested without a n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,15 @@ def _array_shards(tmp: Path) -> DataConfig:
     return ArrayShardsConfig(source=str(tmp / "arrays"), shape=(2, 16))
 
 
+def _hapt(tmp: Path) -> DataConfig:
+    from nepa.data.sensors import HaptConfig
+
+    path = Path(os.environ.get("NEPA_DATA_DIR", "/nonexistent")) / "hapt.npz"
+    if not path.is_file():
+        pytest.skip("needs ${NEPA_DATA_DIR}/hapt.npz")
+    return HaptConfig(limit_train=64, limit_test=32, jitter=0.05)
+
+
 def _two_views(tmp: Path) -> DataConfig:
     return EMA_PLUGIN.TwoViewsConfig(limit_train=64, limit_test=32)
 
@@ -144,6 +154,7 @@ DATASET_FACTORIES = {
     "image_shards": _image_shards,
     "array_shards": _array_shards,
     "user_two_views": _two_views,
+    "hapt": _hapt,
 }
 
 

@@ -111,6 +111,7 @@ def run_protocol(args: argparse.Namespace) -> int:
             print(sweep_table(results))
         elif getattr(args, "raw_pixels", False):
             results = [{**raw_input_knn(cfg), "random_init": False}]
+            weights = None  # the raw inputs: no model
         else:
             results = [
                 evaluate(args.protocol, cfg, objective, device, random_init=args.random_init)
