@@ -39,6 +39,11 @@ import_file(USER_PLUGIN)
 ENCODER_EXAMPLES: dict[str, tuple[str, tuple[int, ...], dict]] = {
     "image": ("image", (3, 12, 16), {"patch_size": 4, "scan": "hilbert"}),
     "conv1d_patch": ("signal", (6, 64), {"patch_size": 8, "scan": "snake"}),
+    "sensor": (
+        "signal",
+        (3, 64),
+        {"patch": 16, "stride": 8, "channels": "independent", "scan": "snake", "revin": True},
+    ),
 }
 
 
