@@ -143,6 +143,15 @@ def _hapt(tmp: Path) -> DataConfig:
     return HaptConfig(limit_train=64, limit_test=32, jitter=0.05)
 
 
+def _fsdd(tmp: Path) -> DataConfig:
+    from nepa.data.audio import AudioFolderConfig
+
+    path = Path(os.environ.get("NEPA_DATA_DIR", "/nonexistent")) / "fsdd-recordings.tar.gz"
+    if not path.is_file():
+        pytest.skip("needs ${NEPA_DATA_DIR}/fsdd-recordings.tar.gz")
+    return AudioFolderConfig(limit_train=64, limit_test=32)
+
+
 def _two_views(tmp: Path) -> DataConfig:
     return EMA_PLUGIN.TwoViewsConfig(limit_train=64, limit_test=32)
 
@@ -155,6 +164,7 @@ DATASET_FACTORIES = {
     "array_shards": _array_shards,
     "user_two_views": _two_views,
     "hapt": _hapt,
+    "audio_folder": _fsdd,
 }
 
 

@@ -39,6 +39,7 @@ import_file(USER_PLUGIN)
 ENCODER_EXAMPLES: dict[str, tuple[str, tuple[int, ...], dict]] = {
     "image": ("image", (3, 12, 16), {"patch_size": 4, "scan": "hilbert"}),
     "conv1d_patch": ("signal", (6, 64), {"patch_size": 8, "scan": "snake"}),
+    "spectrogram": ("fbank", (32, 64), {"patch_time": 16, "patch_freq": 16, "scan": "column"}),
     "sensor": (
         "signal",
         (3, 64),

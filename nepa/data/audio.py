@@ -1,0 +1,211 @@
+"""Audio: ``audio_folder``, a folder or tar of ``.wav`` / ``.flac`` clips, through the audio SSL
+front end that AudioMAE, SSAST and EAT share.
+
+Each clip is read with soundfile, averaged to mono, resampled to ``sample_rate`` with torchaudio
+(each source rate is logged once; the audio SSL convention is 16 kHz), its mean removed, and
+turned into a Kaldi log-mel filterbank (``torchaudio.compliance.kaldi.fbank``: 128 mel bins,
+25 ms window, 10 ms hop, hanning, dither 0, htk_compat, no energy), normalised as
+``(fbank - mean) / (2 * std)`` with the train split's statistics (stored in the run directory).
+Clips are cropped (training: a seeded random crop; evaluation: the start) or zero-padded to
+``target_frames``; ``length`` gives the real frames, so the encoder marks padding.
+
+Split and label come from a naming rule (``nepa.data.shards.naming``; ``fsdd`` for the Free
+Spoken Digit Dataset: the official split puts recordings 0-4 in test). ``split_by: speaker``
+holds out the speakers in ``test_speakers`` instead. An undecodable or empty clip, and a clip
+shorter than ``min_frames``, is skipped, counted and logged, never a crash or a silent zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torchaudio
+from pydantic import Field, PositiveInt
+from torch.utils.data import Dataset
+
+from nepa.batch import LABEL, LABEL_FIELD, Batch, FieldSpec
+from nepa.data.base import DATASETS, DataConfig
+from nepa.data.cache import load_or_build
+from nepa.data.decode import AUDIO_EXTS, DecodeError, decode_audio_bytes
+from nepa.data.folder import iter_files
+from nepa.data.images import subset_indices
+from nepa.data.paths import file_fingerprint, resolve_path, stable_hash
+from nepa.data.shards import fsdd as _fsdd  # noqa: F401  (registers the fsdd naming rule)
+from nepa.data.shards.naming import NAMING_RULES
+
+log = logging.getLogger(__name__)
+
+
+class AudioFolderConfig(DataConfig):
+    kind: Literal["audio_folder"] = "audio_folder"
+    root: str = "${NEPA_DATA_DIR}/fsdd-recordings.tar.gz"
+    naming: str = Field("fsdd", description="the naming rule giving each file's split and label")
+    split_by: Literal["rule", "speaker"] = "rule"
+    test_speakers: tuple[str, ...] = ("theo",)
+    sample_rate: PositiveInt = 16000
+    mel_bins: PositiveInt = 128
+    target_frames: PositiveInt = Field(96, description="frames per sample (10 ms each)")
+    min_frames: PositiveInt = Field(16, description="shorter clips are skipped and counted")
+    limit_train: PositiveInt | None = None
+    limit_test: PositiveInt | None = None
+    subset_seed: int = 0
+
+    @property
+    def fields(self) -> dict[str, FieldSpec]:
+        return {
+            "fbank": FieldSpec((self.target_frames, self.mel_bins)),
+            "length": FieldSpec((), "int64"),
+            LABEL: LABEL_FIELD,
+        }
+
+    def input_transform(self, normalization: dict) -> Callable[[Any], Batch]:
+        """(waveform (samples,) or (samples, channels) float, sample rate) -> a sample."""
+        mean, std = normalization["mean"], normalization["std"]
+
+        def apply(clip: Any) -> Batch:
+            wave, rate = clip
+            fb = front_end(np.asarray(wave, dtype=np.float32), int(rate), self)
+            return crop_or_pad((fb - mean) / (2 * std), self.target_frames, None)
+
+        return apply
+
+
+_logged_rates: set[int] = set()
+
+
+def front_end(wave: np.ndarray, rate: int, cfg: AudioFolderConfig) -> np.ndarray:
+    """Waveform ``(samples,)`` or ``(samples, channels)`` -> log-mel fbank ``(frames, bins)``."""
+    x = torch.from_numpy(wave if wave.ndim == 1 else wave.mean(1))
+    if rate != cfg.sample_rate:
+        if rate not in _logged_rates:
+            log.info("audio: resampling %d Hz clips to %d Hz", rate, cfg.sample_rate)
+            _logged_rates.add(rate)
+        x = torchaudio.functional.resample(x, rate, cfg.sample_rate)
+    x = x - x.mean()
+    fb = torchaudio.compliance.kaldi.fbank(
+        x[None],
+        htk_compat=True,
+        sample_frequency=cfg.sample_rate,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=cfg.mel_bins,
+        dither=0.0,
+        frame_shift=10,
+    )
+    return fb.numpy()
+
+
+def crop_or_pad(fb: np.ndarray, frames: int, seed: int | None) -> Batch:
+    """``{"fbank": (frames, bins), "length": real frames}``: a crop (random when ``seed`` is
+    given, else the start) of a longer clip, zeros after a shorter one."""
+    n = len(fb)
+    if n > frames:
+        start = random.Random(seed).randint(0, n - frames) if seed is not None else 0
+        fb, n = fb[start : start + frames], frames
+    out = np.zeros((frames, fb.shape[1]), np.float32)
+    out[:n] = fb
+    return {"fbank": torch.from_numpy(out), "length": torch.tensor(n)}
+
+
+def _read(cfg: AudioFolderConfig) -> dict[str, np.ndarray]:
+    """Every usable clip's fbank (concatenated), offsets, label, split and speaker."""
+    root = resolve_path(cfg.root)
+    rule = NAMING_RULES.get(cfg.naming)
+    fbanks, labels, splits, speakers, skipped = [], [], [], [], Counter()
+    for rel, load in iter_files(root, AUDIO_EXTS):
+        named = rule(rel)
+        if named is None:
+            skipped["not named by the rule"] += 1
+            continue
+        try:
+            wave, rate = decode_audio_bytes(load())
+        except DecodeError as e:
+            skipped["undecodable"] += 1
+            log.warning("audio: skipped %s: %s", rel, e)
+            continue
+        fb = front_end(wave, rate, cfg)
+        if len(fb) < cfg.min_frames:
+            skipped[f"shorter than {cfg.min_frames} frames"] += 1
+            continue
+        fbanks.append(fb.astype(np.float32))
+        labels.append(int(named.label))
+        splits.append(named.split)
+        speakers.append(str(named.meta.get("speaker", "")))
+    if skipped:
+        log.warning("audio: %s: skipped %s", root, dict(skipped))
+    if not fbanks:
+        raise ValueError(f"{root} holds no usable audio clip named by rule {cfg.naming!r}")
+    lengths = np.array([len(f) for f in fbanks])
+    return {
+        "fbank": np.concatenate(fbanks),
+        "offsets": np.r_[0, np.cumsum(lengths)],
+        "label": np.array(labels, np.int64),
+        "split": np.array(splits),
+        "speaker": np.array(speakers),
+    }
+
+
+def read_clips(cfg: AudioFolderConfig) -> dict[str, np.ndarray]:
+    """``_read``, cached as .npy files keyed by the source file and the front-end settings."""
+    root = resolve_path(cfg.root)
+    key = stable_hash(
+        file_fingerprint(root) if root.is_file() else str(root),
+        cfg.naming,
+        str(cfg.sample_rate),
+        str(cfg.mel_bins),
+        str(cfg.min_frames),
+        "fbank-v1",
+    )
+    names = ("fbank", "offsets", "label", "split", "speaker")
+    return load_or_build(f"audio-{Path(str(root)).name}-{key}", names, lambda: _read(cfg))
+
+
+class AudioClips(Dataset):
+    """``ds[i]`` or ``ds[(i, aug_seed)]`` -> ``{"fbank", "length", "label"}``."""
+
+    def __init__(self, cfg: AudioFolderConfig, split: str, train: bool) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"audio_folder has the splits 'train' and 'test', not {split!r}")
+        c = read_clips(cfg)
+        in_test = (
+            c["split"] == "test"
+            if cfg.split_by == "rule"
+            else np.isin(c["speaker"], cfg.test_speakers)
+        )
+        idx = np.flatnonzero(in_test if split == "test" else ~in_test)
+        limit = cfg.limit_train if split == "train" else cfg.limit_test
+        if limit is not None and limit < len(idx):
+            idx = idx[subset_indices(c["label"][idx], limit, cfg.subset_seed, split)]
+        train_rows = np.concatenate(
+            [np.arange(c["offsets"][i], c["offsets"][i + 1]) for i in np.flatnonzero(~in_test)]
+        )
+        values = c["fbank"][train_rows]
+        self.mean, self.std = float(values.mean()), float(values.std())
+        self.normalization = {"field": "fbank", "mean": self.mean, "std": self.std}
+        self.cfg, self.train, self.clips, self.idx = cfg, train, c, idx
+        self.labels = torch.as_tensor(c["label"][idx])
+        self.num_classes = int(c["label"].max()) + 1
+        self.speakers = c["speaker"][idx]
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Batch:
+        index, seed = (key, None) if isinstance(key, int | np.integer) else key
+        i = self.idx[index]
+        a, b = self.clips["offsets"][i], self.clips["offsets"][i + 1]
+        fb = (self.clips["fbank"][a:b] - self.mean) / (2 * self.std)
+        sample = crop_or_pad(fb, self.cfg.target_frames, seed if self.train else None)
+        return {**sample, LABEL: self.labels[index]}
+
+
+@DATASETS.register("audio_folder", config=AudioFolderConfig)
+def build_audio_folder(cfg: AudioFolderConfig, *, split: str, train: bool) -> AudioClips:
+    return AudioClips(cfg, split, train)
