@@ -31,19 +31,19 @@ from pydantic import Field, PositiveInt
 from torch.utils.data import Dataset
 
 from nepa.batch import LABEL, LABEL_FIELD, Batch, FieldSpec
-from nepa.data.base import DATASETS, DataConfig
+from nepa.data.base import DATASETS
 from nepa.data.cache import load_or_build
 from nepa.data.decode import AUDIO_EXTS, DecodeError, decode_audio_bytes
 from nepa.data.folder import iter_files
-from nepa.data.images import subset_indices
 from nepa.data.paths import file_fingerprint, resolve_path, stable_hash
 from nepa.data.shards import fsdd as _fsdd  # noqa: F401  (registers the fsdd naming rule)
 from nepa.data.shards.naming import NAMING_RULES
+from nepa.data.subset import SubsetConfig
 
 log = logging.getLogger(__name__)
 
 
-class AudioFolderConfig(DataConfig):
+class AudioFolderConfig(SubsetConfig):
     kind: Literal["audio_folder"] = "audio_folder"
     root: str = "${NEPA_DATA_DIR}/fsdd-recordings.tar.gz"
     naming: str = Field("fsdd", description="the naming rule giving each file's split and label")
@@ -53,9 +53,6 @@ class AudioFolderConfig(DataConfig):
     mel_bins: PositiveInt = 128
     target_frames: PositiveInt = Field(96, description="frames per sample (10 ms each)")
     min_frames: PositiveInt = Field(16, description="shorter clips are skipped and counted")
-    limit_train: PositiveInt | None = None
-    limit_test: PositiveInt | None = None
-    subset_seed: int = 0
 
     @property
     def fields(self) -> dict[str, FieldSpec]:
@@ -180,9 +177,7 @@ class AudioClips(Dataset):
             else np.isin(c["speaker"], cfg.test_speakers)
         )
         idx = np.flatnonzero(in_test if split == "test" else ~in_test)
-        limit = cfg.limit_train if split == "train" else cfg.limit_test
-        if limit is not None and limit < len(idx):
-            idx = idx[subset_indices(c["label"][idx], limit, cfg.subset_seed, split)]
+        idx = idx[cfg.pick(c["label"][idx], split)]
         train_rows = np.concatenate(
             [np.arange(c["offsets"][i], c["offsets"][i + 1]) for i in np.flatnonzero(~in_test)]
         )

@@ -11,7 +11,6 @@ import copy
 import logging
 import math
 import random
-import zlib
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -23,10 +22,11 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from nepa.batch import LABEL, LABEL_FIELD, Batch, FieldSpec
-from nepa.data.base import DATASETS, DataConfig
+from nepa.data.base import DATASETS
 from nepa.data.cache import load_or_build
 from nepa.data.folder import read_image_folder, source_key
 from nepa.data.paths import file_fingerprint, resolve_path, stable_hash
+from nepa.data.subset import SubsetConfig, subset_indices
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ Images = np.ndarray | list[np.ndarray]  # (N, H, W, C) uint8, or N arrays (H, W,
 Key = int | tuple[int, int]
 
 
-class ImageDataConfig(DataConfig):
+class ImageDataConfig(SubsetConfig):
     """Fields shared by image datasets.
 
     ``mean``/``std`` of None are computed per channel over the full train split and cached.
@@ -48,9 +48,6 @@ class ImageDataConfig(DataConfig):
     hflip: bool = True
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    limit_train: PositiveInt | None = None
-    limit_test: PositiveInt | None = None
-    subset_seed: int = 0
 
     @field_validator("crop_scale")
     @classmethod
@@ -89,9 +86,6 @@ class ImageDataConfig(DataConfig):
     @property
     def fields(self) -> dict[str, FieldSpec]:
         return {"image": FieldSpec((self.channels, *self.size_hw)), LABEL: LABEL_FIELD}
-
-    def limit_for(self, split: str) -> int | None:
-        return self.limit_train if split == "train" else self.limit_test
 
     def input_transform(self, normalization: dict) -> Callable[[Any], Batch]:
         """An image (uint8 (C, H, W) tensor, (H, W, C) array or PIL image) -> ``{"image": x}``:
@@ -290,20 +284,6 @@ def channel_stats(images: Images) -> np.ndarray:
             n, s, s2 = n + len(flat), s + flat.sum(0), s2 + (flat**2).sum(0)
     mean = s / n
     return np.stack([mean, np.sqrt(np.maximum(s2 / n - mean**2, 0.0))])
-
-
-def subset_indices(labels: np.ndarray, limit: int, seed: int, split: str) -> np.ndarray:
-    """A class-stratified random subset of ``limit`` indices (sorted), fixed by (seed, split)."""
-    rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = counts * limit / len(labels)
-    take = np.floor(quota).astype(int)
-    extra = np.argsort(-(quota - take), kind="stable")[: limit - take.sum()]  # largest remainders
-    take[extra] += 1
-    picked = [
-        rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)
-    ]
-    return np.sort(np.concatenate(picked))
 
 
 def _check_data(

@@ -27,9 +27,9 @@ from pydantic import Field, PositiveInt
 from torch.utils.data import Dataset
 
 from nepa.batch import LABEL, LABEL_FIELD, Batch, FieldSpec
-from nepa.data.base import DATASETS, DataConfig
-from nepa.data.images import subset_indices
+from nepa.data.base import DATASETS
 from nepa.data.paths import resolve_path
+from nepa.data.subset import SubsetConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +37,13 @@ ACTIVITIES = ("walking", "upstairs", "downstairs", "sitting", "standing", "layin
 UCI_HAR_TEST_SUBJECTS = (2, 4, 9, 10, 12, 13, 18, 20, 24)
 
 
-class HaptConfig(DataConfig):
+class HaptConfig(SubsetConfig):
     kind: Literal["hapt"] = "hapt"
     path: str = "${NEPA_DATA_DIR}/hapt.npz"
     window: PositiveInt = Field(128, description="steps per window (2.56 s at 50 Hz)")
     stride: PositiveInt = Field(64, description="steps between window starts (64: 50% overlap)")
     test_subjects: tuple[int, ...] = UCI_HAR_TEST_SUBJECTS
     jitter: float = Field(0.0, ge=0, description="train-time Gaussian noise, in channel stds")
-    limit_train: PositiveInt | None = None
-    limit_test: PositiveInt | None = None
-    subset_seed: int = 0
 
     @property
     def fields(self) -> dict[str, FieldSpec]:
@@ -118,9 +115,7 @@ class SensorWindows(Dataset):
         in_test = np.isin(w["subject"], cfg.test_subjects)
         train_idx = np.flatnonzero(~in_test)
         idx = np.flatnonzero(in_test) if split == "test" else train_idx
-        limit = cfg.limit_train if split == "train" else cfg.limit_test
-        if limit is not None and limit < len(idx):
-            idx = idx[subset_indices(w["label"][idx], limit, cfg.subset_seed, split)]
+        idx = idx[cfg.pick(w["label"][idx], split)]
         steps = w["start"][train_idx][:, None] + np.arange(cfg.window)
         train_values = w["signals"][steps].reshape(-1, 6).astype(np.float64)
         self.mean = train_values.mean(0).astype(np.float32)  # train subjects, whatever the split

@@ -19,7 +19,7 @@ from torch import nn
 
 from nepa.batch import Batch, FieldSpec, require_field
 from nepa.encoders.base import ENCODERS, Encoder, EncoderConfig
-from nepa.encoders.scans import SCANS, scan_order
+from nepa.encoders.scans import check_scan, scanned_grid
 from nepa.tokens import Tokens
 
 
@@ -47,8 +47,7 @@ class SpectrogramEncoderConfig(EncoderConfig):
                 f"{bins} mel bins are not divisible by encoder.patch_freq={self.patch_freq}: "
                 "change data.mel_bins or the patch"
             )
-        if self.scan not in SCANS:
-            raise ValueError(f"unknown scan order {self.scan!r}; known: {', '.join(SCANS.names())}")
+        check_scan(self.scan)
 
 
 @ENCODERS.register("spectrogram", config=SpectrogramEncoderConfig)
@@ -68,13 +67,9 @@ class SpectrogramEncoder(Encoder):
         patch = (cfg.patch_time, cfg.patch_freq)
         self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
         self.grid = (frames // cfg.patch_time, bins // cfg.patch_freq)
-        order = torch.from_numpy(scan_order(cfg.scan, self.grid, cfg.scan_seed))
-        rows, cols = torch.meshgrid(
-            torch.arange(self.grid[0]), torch.arange(self.grid[1]), indexing="ij"
-        )
-        coords = torch.stack([rows, cols], dim=-1).reshape(-1, 2)  # row-major (T, 2)
+        order, coords = scanned_grid(cfg.scan, self.grid, cfg.scan_seed)
         self.register_buffer("order", order, persistent=False)
-        self.register_buffer("coords", coords[order], persistent=False)
+        self.register_buffer("coords", coords, persistent=False)  # (T, 2) in scan order
 
     def forward(self, batch: Batch) -> Tokens:
         x_BTF = batch[self.cfg.field].float()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from einops import rearrange
 from pydantic import Field, PositiveInt
 from torch import nn
 
 from nepa.batch import Batch, FieldSpec, require_field
 from nepa.encoders.base import ENCODERS, Encoder, EncoderConfig
-from nepa.encoders.scans import SCANS, scan_order
+from nepa.encoders.scans import check_scan, scanned_grid
 from nepa.tokens import Tokens
 
 
@@ -42,8 +41,7 @@ class ImageEncoderConfig(EncoderConfig):
                 f"image size {H}x{W} is not divisible by the patch size {ph}x{pw}: change "
                 "data.image_size or encoder.patch_size"
             )
-        if self.scan not in SCANS:
-            raise ValueError(f"unknown scan order {self.scan!r}; known: {', '.join(SCANS.names())}")
+        check_scan(self.scan)
 
 
 @ENCODERS.register("image", config=ImageEncoderConfig)
@@ -60,13 +58,9 @@ class ImageEncoder(Encoder):
         ph, pw = cfg.patch_hw
         self.proj = nn.Conv2d(C, dim, kernel_size=(ph, pw), stride=(ph, pw))
         self.grid = (H // ph, W // pw)
-        order = torch.from_numpy(scan_order(cfg.scan, self.grid, cfg.scan_seed))
-        rows, cols = torch.meshgrid(
-            torch.arange(self.grid[0]), torch.arange(self.grid[1]), indexing="ij"
-        )
-        coords = torch.stack([rows, cols], dim=-1).reshape(-1, 2)  # row-major (T, 2)
+        order, coords = scanned_grid(cfg.scan, self.grid, cfg.scan_seed)
         self.register_buffer("order", order, persistent=False)
-        self.register_buffer("coords", coords[order], persistent=False)
+        self.register_buffer("coords", coords, persistent=False)  # (T, 2) in scan order
 
     def forward(self, batch: Batch) -> Tokens:
         x_BCHW = batch[self.field]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from nepa.registry import Registry
 
@@ -63,6 +64,20 @@ def scan_coords(name: str, grid: Grid, seed: int = 0) -> np.ndarray:
     """
     order = scan_order(name, grid, seed)
     return np.stack(np.unravel_index(order, tuple(grid)), axis=-1).astype(np.int64)
+
+
+def check_scan(name: str) -> None:
+    """ValueError naming the known orders unless ``name`` is registered (for config checks)."""
+    if name not in SCANS:
+        raise ValueError(f"unknown scan order {name!r}; known: {', '.join(SCANS.names())}")
+
+
+def scanned_grid(name: str, grid: Grid, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order ``(T,)``, coords ``(T, A)``) as tensors: an encoder gathers its row-major tokens
+    with ``emb[:, order]`` and hands the predictor ``coords``."""
+    order = scan_order(name, grid, seed)
+    coords = np.stack(np.unravel_index(order, tuple(grid)), axis=-1).astype(np.int64)
+    return torch.from_numpy(order), torch.from_numpy(coords)
 
 
 def inverse(order: np.ndarray) -> np.ndarray:

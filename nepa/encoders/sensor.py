@@ -27,7 +27,7 @@ from torch import nn
 
 from nepa.batch import Batch, FieldSpec, require_field
 from nepa.encoders.base import ENCODERS, Encoder, EncoderConfig
-from nepa.encoders.scans import SCANS, scan_order
+from nepa.encoders.scans import check_scan, scan_order, scanned_grid
 from nepa.tokens import Tokens
 
 
@@ -65,8 +65,7 @@ class SensorEncoderConfig(EncoderConfig):
                 f"every encoder.stride={self.stride} steps ((length - patch) must be a multiple "
                 "of stride): change the window length, the patch or the stride"
             )
-        if self.scan not in SCANS:
-            raise ValueError(f"unknown scan order {self.scan!r}; known: {', '.join(SCANS.names())}")
+        check_scan(self.scan)
         try:
             scan_order(self.scan, self.grid(fields), self.scan_seed)
         except ValueError as e:
@@ -87,11 +86,9 @@ class SensorEncoder(Encoder):
         self.proj = nn.Linear(width, dim)
         self.grid = cfg.grid(fields)
         self.n_axes = len(self.grid)
-        order = torch.from_numpy(scan_order(cfg.scan, self.grid, cfg.scan_seed))
-        axes = torch.meshgrid(*(torch.arange(n) for n in self.grid), indexing="ij")
-        coords = torch.stack(axes, dim=-1).reshape(-1, self.n_axes)  # row-major (T, A)
+        order, coords = scanned_grid(cfg.scan, self.grid, cfg.scan_seed)
         self.register_buffer("order", order, persistent=False)
-        self.register_buffer("coords", coords[order], persistent=False)
+        self.register_buffer("coords", coords, persistent=False)  # (T, A) in scan order
 
     def forward(self, batch: Batch) -> Tokens:
         x_BCL = batch[self.cfg.field].float()

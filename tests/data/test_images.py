@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader
 import nepa.data.folder as folder
 from nepa.batch import FieldSpec, collate
 from nepa.data.base import DATASETS, build_dataset
-from nepa.data.images import ImageFolderConfig, ImageNpzConfig, subset_indices
+from nepa.data.images import ImageFolderConfig, ImageNpzConfig
 from nepa.data.paths import resolve_path
 from nepa.data.sampler import StepBatchSampler
+from nepa.data.subset import subset_indices
 
 CLASSES = ["a_cls", "b_cls", "c_cls"]
 DATA_DIR = os.environ.get("NEPA_DATA_DIR")
