@@ -90,7 +90,10 @@ def payload_exts() -> frozenset[str]:
 # ---------------------------------------------------------------- built-in decoders
 
 
-_stderr_fd: int | None = None  # a private temp file, opened once per process
+# A private temp file per process (a forked loader worker opens its own: an inherited one would
+# share its file offset with the parent and the other workers).
+_stderr_fd: int | None = None
+_stderr_pid: int | None = None
 
 
 @contextmanager
@@ -98,8 +101,9 @@ def _c_stderr_captured() -> Iterator[list[str]]:
     """Capture what C libraries write to file descriptor 2 (libpng prints its error there and
     raises only "Internal error."): yields a list that holds the text afterwards. A few
     system calls when nothing is written (about 5 us per image)."""
-    global _stderr_fd
-    if _stderr_fd is None:
+    global _stderr_fd, _stderr_pid
+    if _stderr_fd is None or _stderr_pid != os.getpid():
+        _stderr_pid = os.getpid()
         _stderr_fd, name = tempfile.mkstemp(prefix="nepa-decoder-stderr-")
         os.unlink(name)  # anonymous: gone with the process
     saved = os.dup(2)
