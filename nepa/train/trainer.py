@@ -157,6 +157,7 @@ class Trainer:
         self._metric_names: list[str] | None = None  # fixed by the objective's first step
         self._resume: dict | None = None  # this start's resume: step, checkpoint, changes
         self._interrupts = 0
+        self._pid = os.getpid()
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -314,6 +315,8 @@ class Trainer:
 
     def _on_signal(self, signum, frame) -> None:
         """SIGTERM or Ctrl-C: save at the end of this step and exit; a second Ctrl-C aborts."""
+        if os.getpid() != self._pid:
+            return  # a forked loader worker: the trainer's process decides (and logs) once
         name = signal.Signals(signum).name
         if signum == signal.SIGINT and self._interrupts:
             raise KeyboardInterrupt  # a second Ctrl-C: at once, without saving this step
