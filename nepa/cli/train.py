@@ -1,8 +1,8 @@
 """``nepa train MODULE_OR_FILE:FUNCTION [--set key=value ...] [--out DIR] [--resume|--overwrite]``.
 
 Exit status: 0 finished; 75 stopped before the last step but resumable (SIGTERM, Ctrl-C, too
-much bad data, a non-finite loss after a checkpoint): rerun with --resume; 1 failed; 2 a bad
-config, recipe or data path."""
+much bad data, a non-finite loss after a checkpoint, a full disk): rerun with --resume;
+1 failed; 2 a bad config, recipe or data path."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from nepa.data.shards.codecs import PickleMemberError
     from nepa.data.shards.health import BadDataError
     from nepa.data.shards.manifest import ShardSourceError
-    from nepa.train.checkpoint import CheckpointError, list_checkpoints
+    from nepa.train.checkpoint import CheckpointError, DiskFullError, list_checkpoints
     from nepa.train.rundir import RunDirError
     from nepa.train.trainer import EXIT_RESUMABLE, NonFiniteLossError, train
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             overwrite=args.overwrite,
         )
-    except (BadDataError, NonFiniteLossError) as e:  # stopped; the message says how to resume
+    except (BadDataError, NonFiniteLossError, DiskFullError) as e:  # stopped, resumable
         print(f"nepa train: {e}", file=sys.stderr)
         return EXIT_RESUMABLE if list_checkpoints(out / "checkpoints") else 1
     except (RunDirError, CheckpointError, PickleMemberError, ShardSourceError) as e:

@@ -23,6 +23,14 @@ class CheckpointError(RuntimeError):
     pass
 
 
+class DiskFullError(CheckpointError):
+    """A checkpoint could not be written for lack of space; the run can resume once there is."""
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
 CKPT_RE = re.compile(r"step_(\d+)\.pt$")
 
 
@@ -77,10 +85,9 @@ def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int 
             raise
         last = list_checkpoints(ckpt_dir)
         kept = f"the last good checkpoint {last[-1].name} is kept" if last else "no checkpoint yet"
-        raise CheckpointError(
+        raise DiskFullError(
             f"no space left on the device of {ckpt_dir} to write step {step}: need about "
-            f"{need / 2**20:.0f} MB, {free / 2**20:.0f} MB free; {kept}. Free some space and "
-            "rerun with --resume"
+            f"{_mb(need)}, {_mb(free)} free; {kept}. Free some space and rerun with --resume"
         ) from None
     if keep is not None:
         for old in list_checkpoints(ckpt_dir)[:-keep]:
