@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from nepa.data.shards.health import BadDataError
     from nepa.data.shards.manifest import ShardSourceError
     from nepa.train.checkpoint import CheckpointError, DiskFullError, list_checkpoints
+    from nepa.train.resume import EXIT_RESUMABLE
     from nepa.train.rundir import RunDirError
-    from nepa.train.trainer import EXIT_RESUMABLE, NonFiniteLossError, train
+    from nepa.train.trainer import NonFiniteLossError, train
 
     try:
         cfg, canonical = load_recipe(args.recipe, args.overrides)

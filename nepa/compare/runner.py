@@ -23,8 +23,9 @@ from nepa.eval.load import WEIGHTS, load_weights
 from nepa.io import atomic_write_text
 from nepa.train.build import build_objective
 from nepa.train.checkpoint import list_checkpoints
+from nepa.train.resume import NO_EFFECT_ON_TRAINING, flatten
 from nepa.train.rundir import read_metrics
-from nepa.train.trainer import RESUME_MAY_DIFFER, flatten, train
+from nepa.train.trainer import train
 
 log = logging.getLogger(__name__)
 RUN_STATE = "compare.json"
@@ -75,7 +76,7 @@ def train_part(cfg: RunConfig) -> dict:
     """The config without what may change without retraining (evaluation, logging cadence)."""
     d = cfg.model_dump(mode="json")
     d.pop("eval")
-    for key in RESUME_MAY_DIFFER:
+    for key in NO_EFFECT_ON_TRAINING:
         section, name = key.split(".")
         d[section].pop(name, None)
     return d

@@ -170,3 +170,13 @@ def export_weights(model: torch.nn.Module, run_dir: Path, name: str = WEIGHTS) -
     with atomic_path(final) as tmp:
         save_file(weights, str(tmp))
     return final
+
+
+def relative_recipe(recipe: str | None, run_dir: Path) -> str | None:
+    """``FILE:FUNC`` with FILE relative to the run directory, for recipe files; else None."""
+    if not recipe:
+        return None
+    target, _, func = recipe.rpartition(":")
+    if not target.endswith(".py"):
+        return None
+    return f"{os.path.relpath(Path(target).resolve(), run_dir.resolve())}:{func}"

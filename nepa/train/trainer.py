@@ -5,7 +5,6 @@ Everything else (building, checkpoints, distribution, logging) is delegated to n
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -42,37 +41,17 @@ from nepa.train.distributed import (
     wrap_model,
 )
 from nepa.train.optim import build_optimizer, schedule, set_lr
-from nepa.train.rundir import RunDir, RunDirError, export_weights, read_meta
+from nepa.train.resume import resume_changes
+from nepa.train.rundir import (
+    CONFIG,
+    RunDir,
+    RunDirError,
+    export_weights,
+    read_meta,
+    relative_recipe,
+)
 
 log = logging.getLogger(__name__)
-
-# Keys that may differ between a checkpoint's config and the resuming run's config.
-# Keys a resume may change (each change is recorded in metrics.jsonl and meta.json): what a stop
-# asks for (the bad-data limit, repaired shards with the same layout, a lower lr or tighter
-# clipping after a NaN), logging and checkpoint cadence, workers, device, the collective
-# timeout, and evaluation settings. Anything else would make the run a different run.
-RESUME_MAY_DIFFER = {
-    "train.log_every",
-    "train.ckpt_every",
-    "train.keep_ckpts",
-    "train.num_workers",
-    "train.device",
-    "train.dist_timeout_s",
-    "data.max_bad_fraction",
-    "data.source",
-    "optim.lr",
-    "optim.clip_grad",
-}
-RESUME_MAY_DIFFER_PREFIXES = ("eval.",)
-
-#: ``nepa train`` exits with this code when a run stopped before its last step but can be
-#: resumed (a signal, too much bad data, a non-finite loss after a checkpoint): a scheduler or
-#: script can tell it from success (0) and from a failure (1, 2)
-EXIT_RESUMABLE = 75
-
-
-def may_differ(key: str) -> bool:
-    return key in RESUME_MAY_DIFFER or key.startswith(RESUME_MAY_DIFFER_PREFIXES)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -100,24 +79,6 @@ def train(
     refused unless ``resume`` (continue it) or ``overwrite`` (replace it) is given."""
     env = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     return Trainer(cfg, Path(out), env, recipe).run(resume, progress, overwrite)
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    out = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def relative_recipe(recipe: str | None, run_dir: Path) -> str | None:
-    """``FILE:FUNC`` with FILE relative to the run directory, for recipe files; else None."""
-    if not recipe:
-        return None
-    target, _, func = recipe.rpartition(":")
-    if not target.endswith(".py"):
-        return None
-    return f"{os.path.relpath(Path(target).resolve(), run_dir.resolve())}:{func}"
 
 
 def step_seed(run_seed: int, step: int) -> int:
@@ -176,21 +137,10 @@ class Trainer:
     def restore(self) -> None:
         path = latest_checkpoint(self.run_dir.ckpt_dir)
         state = load_checkpoint(path)
-        ours = flatten(json.loads(json.dumps(self.cfg.model_dump(mode="json"))))
-        theirs = flatten(state["config"])
-        changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-        refused = [k for k in changed if not may_differ(k)]
-        if refused:
-            raise CheckpointError(
-                f"config differs from the checkpoint's at {', '.join(refused)}; a resume may "
-                f"change only {', '.join(sorted(RESUME_MAY_DIFFER))} and eval.*; resume with "
-                f"the same config (see {self.run_dir.path / 'config.json'}) or start a new --out"
-            )
-        self._resume = {
-            "step": int(state["step"]),
-            "checkpoint": path.name,
-            "changes": {k: [theirs.get(k), ours.get(k)] for k in changed},
-        }
+        changes = resume_changes(
+            self.cfg.model_dump(mode="json"), state["config"], str(self.run_dir.path / CONFIG)
+        )
+        self._resume = {"step": int(state["step"]), "checkpoint": path.name, "changes": changes}
         self._check_data_state(state.get("data"))
         self._restored_health = state.get("data_health") or {}
         self.objective.load_state_dict(state["model"])

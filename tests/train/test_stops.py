@@ -20,8 +20,9 @@ import nepa.train.trainer as trainer_mod
 from nepa.cli import main
 from nepa.objectives.nepa import Nepa
 from nepa.train.checkpoint import CheckpointError, list_checkpoints
+from nepa.train.resume import EXIT_RESUMABLE
 from nepa.train.rundir import read_metrics
-from nepa.train.trainer import EXIT_RESUMABLE, train
+from nepa.train.trainer import train
 
 
 def _nan_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
