@@ -97,3 +97,11 @@ def take(data, n: int, *, rank=0, world=1, workers=0, start=0, batch=16, accum=1
     )
     it = iter(loader)
     return [next(it) for _ in range(n)]
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    """Write ``{relative path: bytes}`` below ``root`` (a source folder for a test)."""
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root

@@ -87,10 +87,13 @@ class Nepa(Objective):
         self.predictor = predictor
         self.collapse = CollapseMonitor(cfg.monitor_every, cfg.collapse_std, cfg.collapse_rank)
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    def pairs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(predictions, targets, keep) of a batch: encoder, predictor, then each prediction
+        paired with its target (the stop-gradient applied). A variant of the loss overrides
+        ``forward`` and calls this."""
         tok = self.encoder(batch)
         h = self.predictor(tok.emb, tok.coords, tok.grid, tok.keep)
-        p, t, keep = prediction_target(
+        return prediction_target(
             h,
             tok.emb,
             tok.keep,
@@ -98,6 +101,9 @@ class Nepa(Objective):
             stop_grad=self.cfg.stop_grad,
             start_token=self.predictor.has_start_token,
         )
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        p, t, keep = self.pairs(batch)
         loss = nepa_loss(p, t, keep)
         self.collapse.observe(p, keep)
         n_tok = float(p.shape[0] * p.shape[1]) if keep is None else keep.sum()

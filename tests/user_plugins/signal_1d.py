@@ -35,7 +35,7 @@ from nepa.data.paths import resolve_path
 from nepa.encoders.base import ENCODERS, Encoder, EncoderConfig
 from nepa.encoders.scans import SCANS, scan_order
 from nepa.objectives.base import OBJECTIVES
-from nepa.objectives.nepa import Nepa, NepaConfig, prediction_target
+from nepa.objectives.nepa import Nepa, NepaConfig
 from nepa.predictor.config import PredictorConfig
 from nepa.tokens import Tokens
 
@@ -202,16 +202,7 @@ class UserNepaMse(Nepa):
     stop-gradient as NEPA."""
 
     def forward(self, batch):
-        tok = self.encoder(batch)
-        h = self.predictor(tok.emb, tok.coords, tok.grid, tok.keep)
-        p, t, _ = prediction_target(
-            h,
-            tok.emb,
-            tok.keep,
-            shift=self.cfg.shift,
-            stop_grad=self.cfg.stop_grad,
-            start_token=self.predictor.has_start_token,
-        )
+        p, t, _ = self.pairs(batch)  # NEPA's pairing: shift and stop-gradient
         diff = nn.functional.normalize(p.float(), dim=-1) - nn.functional.normalize(
             t.float(), dim=-1
         )

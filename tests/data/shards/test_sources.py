@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
+from shard_synth import write_tree
 
 from nepa.cli import main
 from nepa.data.folder import list_folder, read_image_folder, scan, split_layout
@@ -44,13 +45,6 @@ def _wav(n: int) -> bytes:
     return buf.getvalue()
 
 
-def _tree(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
-
-
 @pytest.fixture
 def user_registries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registrations made by a test are dropped afterwards."""
@@ -61,8 +55,8 @@ def user_registries(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_built_in_kinds_and_recognition(tmp_path: Path) -> None:
     assert {"image_folder", "npz", "audio"} <= set(SOURCES.names())
     assert "fsdd" in NAMING_RULES
-    imgs = _tree(tmp_path / "imgs", {"train/a/x.png": _png(1)})
-    audio = _tree(tmp_path / "audio", {"train/a/x.wav": _wav(10)})
+    imgs = write_tree(tmp_path / "imgs", {"train/a/x.png": _png(1)})
+    audio = write_tree(tmp_path / "audio", {"train/a/x.wav": _wav(10)})
     np.savez(tmp_path / "d.npz", x_train=np.zeros((2, 3), np.float32))
     with tarfile.open(tmp_path / "audio.tar", "w") as tf:
         tf.add(audio, arcname="audio")
@@ -81,7 +75,9 @@ def test_built_in_kinds_and_recognition(tmp_path: Path) -> None:
 
 
 def test_kind_chosen_by_name_on_the_command_line(tmp_path: Path, capsys) -> None:
-    src = _tree(tmp_path / "imgs", {f"train/{c}/x{i}.png": _png(i) for c in "ab" for i in range(2)})
+    src = write_tree(
+        tmp_path / "imgs", {f"train/{c}/x{i}.png": _png(i) for c in "ab" for i in range(2)}
+    )
     assert main(["shards", "write", str(src), str(tmp_path / "auto")]) == 0
     assert (
         main(["shards", "write", str(src), str(tmp_path / "named"), "--kind", "image_folder"]) == 0
@@ -135,7 +131,7 @@ def _parity(rel: str) -> Named | None:
 @pytest.mark.usefixtures("user_registries")
 @pytest.mark.parametrize("registered", [False, True], ids=["parameter", "registered"])
 def test_user_naming_rule(tmp_path: Path, registered: bool) -> None:
-    src = _tree(tmp_path / "rec", {f"n{n}.wav": _wav(20 + n) for n in range(12)})
+    src = write_tree(tmp_path / "rec", {f"n{n}.wav": _wav(20 + n) for n in range(12)})
     if registered:
         NAMING_RULES.register("parity")(_parity)
         got = open_source(str(src), "test")
@@ -151,7 +147,7 @@ def test_user_naming_rule(tmp_path: Path, registered: bool) -> None:
 
 
 def test_audio_files_in_no_layout_are_refused(tmp_path: Path) -> None:
-    src = _tree(tmp_path / "rec", {"a/x.wav": _wav(10), "b/y.wav": _wav(10)})
+    src = write_tree(tmp_path / "rec", {"a/x.wav": _wav(10), "b/y.wav": _wav(10)})
     with pytest.raises(ValueError, match="follow a naming rule .*fsdd.*<split>/<class>/<file>"):
         audio_source(src, "train")
 
@@ -171,7 +167,7 @@ def test_one_walker_for_the_folder_reader_and_the_shard_source(
         "data/test/c/v.png": _png(5),
         "data/train/a/notes.txt": b"not an image",
     }
-    root = _tree(tmp_path / "tree", files)
+    root = write_tree(tmp_path / "tree", files)
     if as_tar:
         with tarfile.open(tmp_path / "tree.tar.gz", "w:gz") as tf:
             tf.add(root / "data", arcname="./data")
@@ -198,14 +194,16 @@ def test_one_walker_for_the_folder_reader_and_the_shard_source(
 
 
 def test_split_under_several_prefixes_is_refused(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "t", {"x/train/a/1.png": _png(1), "y/train/a/2.png": _png(2)})
+    root = write_tree(tmp_path / "t", {"x/train/a/1.png": _png(1), "y/train/a/2.png": _png(2)})
     for read in (read_image_folder, image_folder_source):
         with pytest.raises(ValueError, match="appears under several folders"):
             read(root, "train")
 
 
 def test_fsdd_json_metadata(tmp_path: Path) -> None:
-    src = _tree(tmp_path / "rec", {f"{d}_ann_{i}.wav": _wav(30) for d in (0, 1) for i in (4, 5)})
+    src = write_tree(
+        tmp_path / "rec", {f"{d}_ann_{i}.wav": _wav(30) for d in (0, 1) for i in (4, 5)}
+    )
     out = tmp_path / "out"
     write_source(str(src), out, split="test", shuffle_seed=None)
     manifest, _ = read_manifest(str(out))

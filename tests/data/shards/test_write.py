@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
+from shard_synth import write_tree
 
 from nepa.data.images import channel_stats
 from nepa.data.shards.codecs import decode_image_bytes, decode_npy_bytes
@@ -39,13 +40,6 @@ def _wav(rng: np.random.Generator, n: int) -> bytes:
         buf, rng.uniform(-0.5, 0.5, n).astype(np.float32), 8000, format="WAV", subtype="PCM_16"
     )
     return buf.getvalue()
-
-
-def _tree(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
 
 
 def _tar_gz(path: Path, files: dict[str, bytes]) -> Path:
@@ -116,7 +110,7 @@ def test_image_folder_round_trip(
     src = (
         _tar_gz(tmp_path / "imgs.tar.gz", image_files)
         if as_tar
-        else _tree(tmp_path / "imgs", image_files)
+        else write_tree(tmp_path / "imgs", image_files)
     )
     out = tmp_path / "shards"
     _write(str(src), out, "train", shard_size=4, shuffle_seed=0)
@@ -170,7 +164,7 @@ def test_fsdd_audio_round_trip(tmp_path: Path, fsdd_files: dict[str, bytes], as_
     src = (
         _tar_gz(tmp_path / "rec.tar.gz", fsdd_files)
         if as_tar
-        else _tree(tmp_path / "fsdd", fsdd_files) / "recordings"
+        else write_tree(tmp_path / "fsdd", fsdd_files) / "recordings"
     )
     out = tmp_path / "shards"
     for split in ("test", "train"):
@@ -201,7 +195,7 @@ def test_audio_split_class_layout(tmp_path: Path) -> None:
         for c in ("no", "yes")
         for i in range(2)
     }
-    src = _tree(tmp_path / "audio", files)
+    src = write_tree(tmp_path / "audio", files)
     _write(str(src), tmp_path / "out", "val")
     got = _read_back(tmp_path / "out", "val")
     assert sorted(got) == ["no_a0", "no_a1", "yes_a0", "yes_a1"]
@@ -228,7 +222,7 @@ def test_deterministic_and_shuffled(tmp_path: Path, image_files: dict[str, bytes
 def test_second_split_kept_and_rewrite_replaces(
     tmp_path: Path, image_files: dict[str, bytes]
 ) -> None:
-    src = str(_tree(tmp_path / "imgs", image_files))
+    src = str(write_tree(tmp_path / "imgs", image_files))
     out = tmp_path / "shards"
     _write(src, out, "train", shard_size=2)
     train_tar = (out / "train-000000.tar").read_bytes()
@@ -249,10 +243,10 @@ def test_second_split_kept_and_rewrite_replaces(
 
 
 def test_split_with_other_classes_refused(tmp_path: Path, image_files: dict[str, bytes]) -> None:
-    _write(str(_tree(tmp_path / "imgs", image_files)), tmp_path / "out", "train")
+    _write(str(write_tree(tmp_path / "imgs", image_files)), tmp_path / "out", "train")
     other = {k.replace("bird", "fish"): v for k, v in image_files.items()}
     with pytest.raises(ValueError, match="classes"):
-        _write(str(_tree(tmp_path / "other", other)), tmp_path / "out", "test")
+        _write(str(write_tree(tmp_path / "other", other)), tmp_path / "out", "test")
     with pytest.raises(ValueError, match="holds image data"):
         write_shards(
             [{"__key__": "a", "npy": np.zeros(3)}],
