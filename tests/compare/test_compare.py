@@ -205,3 +205,14 @@ def test_spread_notes_compare_each_cell_with_the_first():
     assert "far +9.50 (beyond 2 x 1.12)" in against
     assert "near +1.00 (within 2 x 1.41)" in against
     assert "once +19.00 (no spread)" in against
+
+
+def test_a_finished_run_is_reused_only_across_keys_without_effect_on_training() -> None:
+    from tiny_recipe import tiny_with
+
+    base = runner.train_part(tiny())
+    for same in ("train.log_every=3", "train.num_workers=1", "eval.k=5"):
+        assert runner.train_part(tiny_with(same)) == base, same
+    # keys a resume may change after a stop still change what is learned
+    for other in ("optim.lr=1e-4", "optim.clip_grad=0.5", "data.path=/elsewhere.npz"):
+        assert runner.changed(base, runner.train_part(tiny_with(other))), other
