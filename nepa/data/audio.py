@@ -21,7 +21,6 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -149,8 +148,8 @@ def _read(cfg: AudioFolderConfig) -> dict[str, np.ndarray]:
     }
 
 
-def read_clips(cfg: AudioFolderConfig) -> dict[str, np.ndarray]:
-    """``_read``, cached as .npy files keyed by the source file and the front-end settings."""
+def clips_key(cfg: AudioFolderConfig) -> str:
+    """The cache name of a source's clips: its file (or folder) and the front-end settings."""
     root = resolve_path(cfg.root)
     key = stable_hash(
         file_fingerprint(root) if root.is_file() else str(root),
@@ -160,8 +159,33 @@ def read_clips(cfg: AudioFolderConfig) -> dict[str, np.ndarray]:
         str(cfg.min_frames),
         "fbank-v1",
     )
+    return f"audio-{root.name}-{key}"
+
+
+def read_clips(cfg: AudioFolderConfig) -> dict[str, np.ndarray]:
+    """``_read``, cached as .npy files keyed by the source file and the front-end settings."""
     names = ("fbank", "offsets", "label", "split", "speaker")
-    return load_or_build(f"audio-{Path(str(root)).name}-{key}", names, lambda: _read(cfg))
+    return load_or_build(clips_key(cfg), names, lambda: _read(cfg))
+
+
+def test_mask(cfg: AudioFolderConfig, clips: dict[str, np.ndarray]) -> np.ndarray:
+    """(clips,) bool: the test split, by the naming rule or by held-out speakers."""
+    if cfg.split_by == "rule":
+        return clips["split"] == "test"
+    return np.isin(clips["speaker"], cfg.test_speakers)
+
+
+_statistics: dict[tuple, tuple[float, float]] = {}
+
+
+def train_statistics(cfg: AudioFolderConfig, clips: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Mean and std of the train split's fbank values, computed once per source and split."""
+    key = (clips_key(cfg), cfg.split_by, cfg.test_speakers)
+    if key not in _statistics:
+        rows = np.repeat(~test_mask(cfg, clips), np.diff(clips["offsets"]))  # per fbank frame
+        values = clips["fbank"][rows]
+        _statistics[key] = (float(values.mean()), float(values.std()))
+    return _statistics[key]
 
 
 class AudioClips(Dataset):
@@ -171,18 +195,10 @@ class AudioClips(Dataset):
         if split not in ("train", "test"):
             raise ValueError(f"audio_folder has the splits 'train' and 'test', not {split!r}")
         c = read_clips(cfg)
-        in_test = (
-            c["split"] == "test"
-            if cfg.split_by == "rule"
-            else np.isin(c["speaker"], cfg.test_speakers)
-        )
+        in_test = test_mask(cfg, c)
         idx = np.flatnonzero(in_test if split == "test" else ~in_test)
         idx = idx[cfg.pick(c["label"][idx], split)]
-        train_rows = np.concatenate(
-            [np.arange(c["offsets"][i], c["offsets"][i + 1]) for i in np.flatnonzero(~in_test)]
-        )
-        values = c["fbank"][train_rows]
-        self.mean, self.std = float(values.mean()), float(values.std())
+        self.mean, self.std = train_statistics(cfg, c)
         self.normalization = {"field": "fbank", "mean": self.mean, "std": self.std}
         self.cfg, self.train, self.clips, self.idx = cfg, train, c, idx
         self.labels = torch.as_tensor(c["label"][idx])

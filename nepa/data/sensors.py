@@ -102,6 +102,17 @@ def hapt_windows(path: str, window: int, stride: int) -> dict[str, np.ndarray]:
     }
 
 
+@lru_cache(maxsize=4)
+def train_statistics(
+    path: str, window: int, stride: int, test_subjects: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (6,) float32 over the train subjects' windows."""
+    w = hapt_windows(path, window, stride)
+    train = w["start"][~np.isin(w["subject"], test_subjects)]
+    values = w["signals"][train[:, None] + np.arange(window)].reshape(-1, 6).astype(np.float64)
+    return values.mean(0).astype(np.float32), values.std(0).astype(np.float32)
+
+
 class SensorWindows(Dataset):
     """``ds[i]`` or ``ds[(i, aug_seed)]`` -> ``{"signal", "length", "label"}``."""
 
@@ -111,15 +122,13 @@ class SensorWindows(Dataset):
     def __init__(self, cfg: HaptConfig, split: str, train: bool) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"hapt has the splits 'train' and 'test', not {split!r}")
-        w = hapt_windows(str(resolve_path(cfg.path)), cfg.window, cfg.stride)
+        path = str(resolve_path(cfg.path))
+        w = hapt_windows(path, cfg.window, cfg.stride)
         in_test = np.isin(w["subject"], cfg.test_subjects)
-        train_idx = np.flatnonzero(~in_test)
-        idx = np.flatnonzero(in_test) if split == "test" else train_idx
+        idx = np.flatnonzero(in_test if split == "test" else ~in_test)
         idx = idx[cfg.pick(w["label"][idx], split)]
-        steps = w["start"][train_idx][:, None] + np.arange(cfg.window)
-        train_values = w["signals"][steps].reshape(-1, 6).astype(np.float64)
-        self.mean = train_values.mean(0).astype(np.float32)  # train subjects, whatever the split
-        self.std = train_values.std(0).astype(np.float32)
+        # the train subjects' statistics, whatever the split (computed once for both)
+        self.mean, self.std = train_statistics(path, cfg.window, cfg.stride, cfg.test_subjects)
         self.normalization = {
             "field": "signal",
             "mean": self.mean.tolist(),
