@@ -152,6 +152,14 @@ def _fsdd(tmp: Path) -> DataConfig:
     return AudioFolderConfig(limit_train=64, limit_test=32)
 
 
+def _moving_mnist(tmp: Path) -> DataConfig:
+    from nepa.data.video import MovingMnistConfig
+
+    return MovingMnistConfig(
+        path="nepa:assets/demo/demo.npz", train_videos=16, test_videos=8, frames=4, size=32
+    )
+
+
 def _two_views(tmp: Path) -> DataConfig:
     return EMA_PLUGIN.TwoViewsConfig(limit_train=64, limit_test=32)
 
@@ -165,6 +173,7 @@ DATASET_FACTORIES = {
     "user_two_views": _two_views,
     "hapt": _hapt,
     "audio_folder": _fsdd,
+    "moving_mnist": _moving_mnist,
 }
 
 

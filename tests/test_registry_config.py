@@ -45,6 +45,7 @@ ENCODER_EXAMPLES: dict[str, tuple[str, tuple[int, ...], dict]] = {
         (3, 64),
         {"patch": 16, "stride": 8, "channels": "independent", "scan": "snake", "revin": True},
     ),
+    "video": ("video", (1, 4, 16, 16), {"tubelet": (2, 8, 8), "scan": "hilbert"}),
 }
 
 

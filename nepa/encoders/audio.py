@@ -18,8 +18,9 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from nepa.batch import Batch, FieldSpec, require_field
-from nepa.encoders.base import ENCODERS, Encoder, EncoderConfig
-from nepa.encoders.scans import check_scan, scanned_grid
+from nepa.encoders.base import ENCODERS, EncoderConfig
+from nepa.encoders.patch import GridEncoder
+from nepa.encoders.scans import check_scan
 from nepa.tokens import Tokens
 
 
@@ -51,10 +52,8 @@ class SpectrogramEncoderConfig(EncoderConfig):
 
 
 @ENCODERS.register("spectrogram", config=SpectrogramEncoderConfig)
-class SpectrogramEncoder(Encoder):
+class SpectrogramEncoder(GridEncoder):
     """(B, T, F) fbank -> Tokens on a (time, freq) grid, in scan order."""
-
-    n_axes = 2
 
     def __init__(
         self, cfg: SpectrogramEncoderConfig, *, dim: int, fields: dict[str, FieldSpec]
@@ -66,10 +65,7 @@ class SpectrogramEncoder(Encoder):
         self.has_length = cfg.length_field in fields
         patch = (cfg.patch_time, cfg.patch_freq)
         self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
-        self.grid = (frames // cfg.patch_time, bins // cfg.patch_freq)
-        order, coords = scanned_grid(cfg.scan, self.grid, cfg.scan_seed)
-        self.register_buffer("order", order, persistent=False)
-        self.register_buffer("coords", coords, persistent=False)  # (T, 2) in scan order
+        self.set_grid((frames // cfg.patch_time, bins // cfg.patch_freq), cfg.scan, cfg.scan_seed)
 
     def forward(self, batch: Batch) -> Tokens:
         x_BTF = batch[self.cfg.field].float()
@@ -77,7 +73,6 @@ class SpectrogramEncoder(Encoder):
         keep = None
         if self.has_length:
             nt, nf = self.grid
-            ends = (torch.arange(nt, device=x_BTF.device) + 1) * self.cfg.patch_time
-            keep_t = ends[None] <= batch[self.cfg.length_field][:, None]  # (B, nt)
-            keep = keep_t.repeat_interleave(nf, dim=1)[:, self.order]  # row-major, then scanned
-        return Tokens(emb=emb[:, self.order], coords=self.coords, grid=self.grid, keep=keep)
+            ends = (torch.arange(nt) + 1) * self.cfg.patch_time
+            keep = self.keep_from_length(batch[self.cfg.length_field], ends, nf)
+        return self.scanned(emb, keep)

@@ -9,8 +9,9 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from nepa.batch import Batch, FieldSpec, require_field
-from nepa.encoders.base import ENCODERS, Encoder, EncoderConfig
-from nepa.encoders.scans import check_scan, scanned_grid
+from nepa.encoders.base import ENCODERS, EncoderConfig
+from nepa.encoders.patch import GridEncoder
+from nepa.encoders.scans import check_scan
 from nepa.tokens import Tokens
 
 
@@ -45,10 +46,8 @@ class ImageEncoderConfig(EncoderConfig):
 
 
 @ENCODERS.register("image", config=ImageEncoderConfig)
-class ImageEncoder(Encoder):
+class ImageEncoder(GridEncoder):
     """``batch[field]`` (B, C, H, W) -> Tokens with emb (B, T, D), T = (H/ph) * (W/pw), in scan order."""
-
-    n_axes = 2
 
     def __init__(self, cfg: ImageEncoderConfig, *, dim: int, fields: dict[str, FieldSpec]) -> None:
         super().__init__()
@@ -57,10 +56,7 @@ class ImageEncoder(Encoder):
         C, H, W = fields[cfg.field].shape
         ph, pw = cfg.patch_hw
         self.proj = nn.Conv2d(C, dim, kernel_size=(ph, pw), stride=(ph, pw))
-        self.grid = (H // ph, W // pw)
-        order, coords = scanned_grid(cfg.scan, self.grid, cfg.scan_seed)
-        self.register_buffer("order", order, persistent=False)
-        self.register_buffer("coords", coords, persistent=False)  # (T, 2) in scan order
+        self.set_grid((H // ph, W // pw), cfg.scan, cfg.scan_seed)
 
     def forward(self, batch: Batch) -> Tokens:
         x_BCHW = batch[self.field]
@@ -72,4 +68,4 @@ class ImageEncoder(Encoder):
                 f"expected images of size {tuple(self.proj.stride)} x {self.grid}, got {tuple(x_BCHW.shape)}"
             )
         emb = rearrange(self.proj(x_BCHW), "b d h w -> b (h w) d")  # (B, T, D) row-major
-        return Tokens(emb=emb[:, self.order], coords=self.coords, grid=self.grid)
+        return self.scanned(emb)

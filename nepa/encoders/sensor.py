@@ -26,8 +26,9 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from nepa.batch import Batch, FieldSpec, require_field
-from nepa.encoders.base import ENCODERS, Encoder, EncoderConfig
-from nepa.encoders.scans import check_scan, scan_order, scanned_grid
+from nepa.encoders.base import ENCODERS, EncoderConfig
+from nepa.encoders.patch import GridEncoder
+from nepa.encoders.scans import check_scan, scan_order
 from nepa.tokens import Tokens
 
 
@@ -73,7 +74,7 @@ class SensorEncoderConfig(EncoderConfig):
 
 
 @ENCODERS.register("sensor", config=SensorEncoderConfig)
-class SensorEncoder(Encoder):
+class SensorEncoder(GridEncoder):
     """(B, C, L) series -> Tokens in scan order (see the module docstring)."""
 
     def __init__(self, cfg: SensorEncoderConfig, *, dim: int, fields: dict[str, FieldSpec]) -> None:
@@ -84,11 +85,7 @@ class SensorEncoder(Encoder):
         self.has_length = cfg.length_field in fields
         width = cfg.patch * (C if cfg.channels == "mixing" else 1)
         self.proj = nn.Linear(width, dim)
-        self.grid = cfg.grid(fields)
-        self.n_axes = len(self.grid)
-        order, coords = scanned_grid(cfg.scan, self.grid, cfg.scan_seed)
-        self.register_buffer("order", order, persistent=False)
-        self.register_buffer("coords", coords, persistent=False)  # (T, A) in scan order
+        self.set_grid(cfg.grid(fields), cfg.scan, cfg.scan_seed)
 
     def forward(self, batch: Batch) -> Tokens:
         x_BCL = batch[self.cfg.field].float()
@@ -106,11 +103,10 @@ class SensorEncoder(Encoder):
         keep = None
         if length is not None:
             ends = torch.arange(T, device=x_BCL.device) * self.cfg.stride + self.cfg.patch
-            keep = ends[None] <= length[:, None]  # (B, T): the patch lies in the real steps
+            keep = self.keep_from_length(length, ends)  # (B, T): the patch lies in the real steps
             if self.cfg.channels == "independent":
                 keep = keep.repeat(1, C)  # row-major (channel, time)
-            keep = keep[:, self.order]
-        return Tokens(emb=emb[:, self.order], coords=self.coords, grid=self.grid, keep=keep)
+        return self.scanned(emb, keep)
 
 
 def revin(x_BCL: torch.Tensor, real_BL: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:
