@@ -8,6 +8,7 @@ split (recordings 0-4 of every digit and speaker are the official test set).
 from nepa import RunConfig
 from nepa.config import EvalConfig, OptimConfig, TrainConfig
 from nepa.data.audio import AudioFolderConfig
+from nepa.data.shards.audio import AudioShardsConfig
 from nepa.encoders.audio import SpectrogramEncoderConfig
 from nepa.objectives.nepa import NepaConfig
 from nepa.predictor.config import PredictorConfig
@@ -33,4 +34,15 @@ def speakers() -> RunConfig:
     cfg = tiny().model_dump()
     cfg["name"] = "fsdd-speakers"
     cfg["data"]["split_by"] = "speaker"
+    return RunConfig.model_validate(cfg)
+
+
+def shards() -> RunConfig:
+    """``tiny`` streamed from shards, the front end running in the loader workers. Write them
+    first: ``nepa shards write ${NEPA_DATA_DIR}/fsdd-recordings.tar.gz shards/fsdd --split
+    train`` (and ``--split test``); the fbank statistics come from their manifest."""
+    cfg = tiny().model_dump()
+    cfg["name"] = "fsdd-shards"
+    cfg["data"] = AudioShardsConfig(source="shards/fsdd", target_frames=96).model_dump()
+    cfg["train"]["num_workers"] = 2
     return RunConfig.model_validate(cfg)

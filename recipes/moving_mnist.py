@@ -9,6 +9,7 @@ motion (8 classes, ``data.label=direction``). Compare time-major readings with
 
 from nepa import RunConfig
 from nepa.config import EvalConfig, OptimConfig, TrainConfig
+from nepa.data.shards.array import ArrayShardsConfig
 from nepa.data.video import MovingMnistConfig
 from nepa.encoders.video import VideoEncoderConfig
 from nepa.objectives.nepa import NepaConfig
@@ -38,4 +39,22 @@ def small() -> RunConfig:
     cfg["encoder"]["tubelet"] = (2, 16, 16)
     cfg["predictor"].update(dim=128, depth=6, heads=4)
     cfg["train"].update(steps=2000)
+    return RunConfig.model_validate(cfg)
+
+
+def shards() -> RunConfig:
+    """``tiny`` streamed from shards (write them first, into ``shards/moving-mnist``):
+    ``nepa shards write ${NEPA_DATA_DIR}/mnist.npz shards/moving-mnist --kind moving_mnist
+    --split train`` (and ``--split test``). Pixels 0-255, normalised by the train statistics
+    of ``tiny`` (mean 0.0476, std 0.1966 of pixels / 255)."""
+    cfg = tiny().model_dump()
+    cfg["name"] = "moving-mnist-shards"
+    cfg["data"] = ArrayShardsConfig(
+        source="shards/moving-mnist",
+        shape=(20, 64, 64),
+        view=(1, 20, 64, 64),
+        field="video",
+        mean=(0.0476 * 255,),
+        std=(0.1966 * 255,),
+    ).model_dump()
     return RunConfig.model_validate(cfg)

@@ -3,6 +3,7 @@ data rely on, checked for each registry entry (a new entry is tested without a n
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -160,6 +161,23 @@ def _moving_mnist(tmp: Path) -> DataConfig:
     )
 
 
+def _audio_shards(tmp: Path) -> DataConfig:
+    import soundfile as sf
+
+    from nepa.data.shards.audio import AudioShardsConfig
+
+    rate = 8000
+    for split, n in (("train", 12), ("test", 6)):
+        t = np.arange(rate // 2) / rate
+        samples = []
+        for i in range(n):
+            buf = io.BytesIO()
+            sf.write(buf, np.sin(2 * np.pi * (200 + 50 * i) * t), rate, format="WAV")
+            samples.append({"__key__": f"c{i:03d}", "wav": buf.getvalue(), "cls": i % 2})
+        write_shards(iter(samples), tmp / "audio", split=split, shard_size=6, modality="audio")
+    return AudioShardsConfig(source=str(tmp / "audio"), target_frames=32)
+
+
 def _two_views(tmp: Path) -> DataConfig:
     return EMA_PLUGIN.TwoViewsConfig(limit_train=64, limit_test=32)
 
@@ -174,6 +192,7 @@ DATASET_FACTORIES = {
     "hapt": _hapt,
     "audio_folder": _fsdd,
     "moving_mnist": _moving_mnist,
+    "audio_shards": _audio_shards,
 }
 
 

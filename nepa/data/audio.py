@@ -18,21 +18,20 @@ shorter than ``min_frames``, is skipped, counted and logged, never a crash or a 
 from __future__ import annotations
 
 import logging
-import random
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torchaudio
 from pydantic import Field, PositiveInt
 from torch.utils.data import Dataset
 
 from nepa.batch import LABEL, LABEL_FIELD, Batch, FieldSpec
-from nepa.data.base import DATASETS
+from nepa.data.base import DATASETS, DataConfig
 from nepa.data.cache import load_or_build
 from nepa.data.decode import AUDIO_EXTS, DecodeError, decode_audio_bytes
+from nepa.data.fbank import MEL_BINS, SAMPLE_RATE, crop_or_pad, front_end
 from nepa.data.folder import iter_files
 from nepa.data.paths import file_fingerprint, resolve_path, stable_hash
 from nepa.data.shards import fsdd as _fsdd  # noqa: F401  (registers the fsdd naming rule)
@@ -42,14 +41,11 @@ from nepa.data.subset import SubsetConfig
 log = logging.getLogger(__name__)
 
 
-class AudioFolderConfig(SubsetConfig):
-    kind: Literal["audio_folder"] = "audio_folder"
-    root: str = "${NEPA_DATA_DIR}/fsdd-recordings.tar.gz"
-    naming: str = Field("fsdd", description="the naming rule giving each file's split and label")
-    split_by: Literal["rule", "speaker"] = "rule"
-    test_speakers: tuple[str, ...] = ("theo",)
-    sample_rate: PositiveInt = 16000
-    mel_bins: PositiveInt = 128
+class FbankOptions(DataConfig):
+    """The front end's settings and the sample every audio reader yields."""
+
+    sample_rate: PositiveInt = SAMPLE_RATE
+    mel_bins: PositiveInt = MEL_BINS
     target_frames: PositiveInt = Field(96, description="frames per sample (10 ms each)")
     min_frames: PositiveInt = Field(16, description="shorter clips are skipped and counted")
 
@@ -67,47 +63,20 @@ class AudioFolderConfig(SubsetConfig):
 
         def apply(clip: Any) -> Batch:
             wave, rate = clip
-            fb = front_end(np.asarray(wave, dtype=np.float32), int(rate), self)
+            fb = front_end(
+                np.asarray(wave, dtype=np.float32), int(rate), self.sample_rate, self.mel_bins
+            )
             return crop_or_pad((fb - mean) / (2 * std), self.target_frames, None)
 
         return apply
 
 
-_logged_rates: set[int] = set()
-
-
-def front_end(wave: np.ndarray, rate: int, cfg: AudioFolderConfig) -> np.ndarray:
-    """Waveform ``(samples,)`` or ``(samples, channels)`` -> log-mel fbank ``(frames, bins)``."""
-    x = torch.from_numpy(wave if wave.ndim == 1 else wave.mean(1))
-    if rate != cfg.sample_rate:
-        if rate not in _logged_rates:
-            log.info("audio: resampling %d Hz clips to %d Hz", rate, cfg.sample_rate)
-            _logged_rates.add(rate)
-        x = torchaudio.functional.resample(x, rate, cfg.sample_rate)
-    x = x - x.mean()
-    fb = torchaudio.compliance.kaldi.fbank(
-        x[None],
-        htk_compat=True,
-        sample_frequency=cfg.sample_rate,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=cfg.mel_bins,
-        dither=0.0,
-        frame_shift=10,
-    )
-    return fb.numpy()
-
-
-def crop_or_pad(fb: np.ndarray, frames: int, seed: int | None) -> Batch:
-    """``{"fbank": (frames, bins), "length": real frames}``: a crop (random when ``seed`` is
-    given, else the start) of a longer clip, zeros after a shorter one."""
-    n = len(fb)
-    if n > frames:
-        start = random.Random(seed).randint(0, n - frames) if seed is not None else 0
-        fb, n = fb[start : start + frames], frames
-    out = np.zeros((frames, fb.shape[1]), np.float32)
-    out[:n] = fb
-    return {"fbank": torch.from_numpy(out), "length": torch.tensor(n)}
+class AudioFolderConfig(SubsetConfig, FbankOptions):
+    kind: Literal["audio_folder"] = "audio_folder"
+    root: str = "${NEPA_DATA_DIR}/fsdd-recordings.tar.gz"
+    naming: str = Field("fsdd", description="the naming rule giving each file's split and label")
+    split_by: Literal["rule", "speaker"] = "rule"
+    test_speakers: tuple[str, ...] = ("theo",)
 
 
 def _read(cfg: AudioFolderConfig) -> dict[str, np.ndarray]:
@@ -126,7 +95,7 @@ def _read(cfg: AudioFolderConfig) -> dict[str, np.ndarray]:
             skipped["undecodable"] += 1
             log.warning("audio: skipped %s: %s", rel, e)
             continue
-        fb = front_end(wave, rate, cfg)
+        fb = front_end(wave, rate, cfg.sample_rate, cfg.mel_bins)
         if len(fb) < cfg.min_frames:
             skipped[f"shorter than {cfg.min_frames} frames"] += 1
             continue

@@ -35,7 +35,8 @@ from nepa.registry import Registry
 
 
 class DecodeError(ValueError):
-    """A field could not be decoded; ``kind`` says which check failed ("decode" or "shape")."""
+    """A field could not be decoded; ``kind`` says which check failed (see
+    ``nepa.data.shards.health.KINDS``: "decode", "shape", "short", "nonfinite", ...)."""
 
     def __init__(self, message: str, kind: str = "decode") -> None:
         super().__init__(message)

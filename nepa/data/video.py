@@ -17,17 +17,19 @@ Labels for evaluation (``label``):
 
 A sample is ``{"video": (1, frames, size, size) float32, "label": () int64}``, pixels scaled to
 [0, 1] and standardised by the mean and std of the first 256 train videos (stored in the run
-directory). ``nepa shards write moving_mnist:<mnist.npz>`` writes the videos as ``.npy`` uint8
-``(frames, size, size)`` for streaming.
+directory). ``nepa shards write mnist.npz OUT --kind moving_mnist --split train`` writes the
+videos as ``.npy`` uint8 ``(frames, size, size)`` for streaming with ``array_shards``
+(``shape: [20, 64, 64], view: [1, 20, 64, 64], field: video``).
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from itertools import combinations_with_replacement
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +40,7 @@ from torch.utils.data import Dataset
 from nepa.batch import LABEL, LABEL_FIELD, Batch, FieldSpec
 from nepa.data.base import DATASETS
 from nepa.data.paths import resolve_path
+from nepa.data.shards.sources import Source, source
 from nepa.data.subset import SubsetConfig
 
 DIGIT = 28
@@ -181,3 +184,27 @@ class MovingMnist(Dataset):
 @DATASETS.register("moving_mnist", config=MovingMnistConfig)
 def build_moving_mnist(cfg: MovingMnistConfig, *, split: str, train: bool) -> MovingMnist:
     return MovingMnist(cfg, split)
+
+
+@source(
+    "moving_mnist",
+    help="moving_mnist: Moving MNIST generated from an MNIST npz (x_train/y_train/x_test/"
+    "y_test) with the default moving_mnist settings, written as .npy uint8 (frames, size, size) "
+    "with the digit pair as .cls and both labels in .json",
+)
+def moving_mnist_source(path: Path, split: str) -> Source:
+    cfg = MovingMnistConfig(path=str(path))
+    traj = Trajectories(cfg, split)
+    pairs = traj.labels
+    directions = Trajectories(cfg.model_copy(update={"label": "direction"}), split).labels
+
+    def samples() -> Iterator[dict[str, Any]]:
+        for i in range(len(traj)):
+            yield {
+                "__key__": f"{split}_{i:06d}",
+                "npy": traj.render(i),
+                "cls": int(pairs[i]),
+                "json": {"pair": PAIRS[pairs[i]], "direction": DIRECTIONS[directions[i]]},
+            }
+
+    return Source("moving_mnist", "array", list(PAIRS), samples())

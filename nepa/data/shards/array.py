@@ -1,13 +1,17 @@
 """``array_shards``: numeric arrays (``.npy``) streamed from shards, e.g. sensor windows.
 
-Each sample's ``.npy`` must have exactly ``shape`` (the model input, e.g. ``[6, 128]`` for six
-channels of 128 time steps); anything else is a ``shape`` error, counted and skipped like any
-bad sample. Values are cast to float32 and normalised by ``mean``/``std`` per leading channel
-when given. There is no augmentation: an encoder for arrays brings its own if it needs one.
+Each sample's ``.npy`` must have exactly ``shape`` (e.g. ``[6, 128]`` for six channels of 128
+time steps, ``[20, 64, 64]`` for a Moving MNIST clip); anything else is a ``shape`` error, and an
+array holding a NaN or inf a ``nonfinite`` one, counted and skipped like any bad sample. Values
+are cast to float32 and normalised by ``mean``/``std`` (one value per leading channel, or one for
+all) when given, then viewed as ``view`` when given (``[1, 20, 64, 64]``: the clip as one
+channel for the video encoder). There is no augmentation: an encoder for arrays brings its own if
+it needs one.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -18,7 +22,7 @@ from torch.utils.data import Dataset
 from nepa.batch import LABEL, LABEL_FIELD, Batch, FieldSpec
 from nepa.data.base import DATASETS
 from nepa.data.decode import decode_bytes, exts_of
-from nepa.data.shards.codecs import DecodeError, field_ext, payload_field
+from nepa.data.shards.codecs import DecodeError, field_ext, label_of, payload_field
 from nepa.data.shards.manifest import resolve_shards
 from nepa.data.shards.options import ShardOptions
 from nepa.data.shards.reader import decode_all
@@ -31,6 +35,7 @@ class ArrayShardsConfig(ShardOptions):
 
     kind: Literal["array_shards"] = "array_shards"
     shape: tuple[PositiveInt, ...]
+    view: tuple[PositiveInt, ...] | None = None
     field: str = "signal"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -39,24 +44,30 @@ class ArrayShardsConfig(ShardOptions):
     def _check_stats(self) -> ArrayShardsConfig:
         for name in ("mean", "std"):
             v = getattr(self, name)
-            if v is not None and len(v) != self.shape[0]:
+            if v is not None and len(v) not in (1, self.shape[0]):
                 raise ValueError(
-                    f"{name} has {len(v)} values; give one per channel (shape[0] = {self.shape[0]})"
+                    f"{name} has {len(v)} values; give one per channel (shape[0] = "
+                    f"{self.shape[0]}) or one for all"
                 )
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"std values must be > 0, got {self.std}")
+        if self.view is not None and math.prod(self.view) != math.prod(self.shape):
+            raise ValueError(
+                f"view {list(self.view)} holds {math.prod(self.view)} values, shape "
+                f"{list(self.shape)} {math.prod(self.shape)}: a view must keep every value"
+            )
         return self
 
     @property
     def fields(self) -> dict[str, FieldSpec]:
-        return {self.field: FieldSpec(tuple(self.shape)), LABEL: LABEL_FIELD}
+        return {self.field: FieldSpec(tuple(self.view or self.shape)), LABEL: LABEL_FIELD}
 
 
 class ArraySample:
     """Decode a ``.npy`` payload, check its shape, cast and normalise: (x, label or -1)."""
 
     def __init__(self, cfg: ArrayShardsConfig) -> None:
-        self.shape, self.field = tuple(cfg.shape), cfg.field
+        self.shape, self.field, self.view = tuple(cfg.shape), cfg.field, cfg.view
         extra = (1,) * (len(cfg.shape) - 1)  # broadcast per leading channel
         self.mean = None if cfg.mean is None else torch.tensor(cfg.mean).reshape(-1, *extra)
         self.std = None if cfg.std is None else torch.tensor(cfg.std).reshape(-1, *extra)
@@ -69,16 +80,15 @@ class ArraySample:
         if not np.issubdtype(arr.dtype, np.number) and arr.dtype != np.bool_:
             raise DecodeError(f"array of dtype {arr.dtype} is not numeric")
         x = torch.from_numpy(arr.astype(np.float32, copy=False))
+        if not torch.isfinite(x).all():
+            raise DecodeError("array holds a NaN or inf", kind="nonfinite")
         if self.mean is not None:
             x = x - self.mean
         if self.std is not None:
             x = x / self.std
-        label = sample.get("cls")
-        try:
-            y = int(label.decode()) if label is not None else -1
-        except ValueError:
-            raise DecodeError(f".cls is not an integer: {label[:20]!r}") from None
-        return {self.field: x, LABEL: torch.tensor(y)}
+        if self.view is not None:
+            x = x.reshape(self.view)
+        return {self.field: x, LABEL: torch.tensor(label_of(sample))}
 
     def finish_batch(self, batch: Batch) -> Batch:
         return batch

@@ -153,3 +153,12 @@ def encode_png_array(arr: np.ndarray) -> bytes:
     return (
         encode_png(torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))).numpy().tobytes()
     )
+
+
+def label_of(sample: dict[str, Any]) -> int:
+    """The sample's ``.cls`` label, or -1 without one; DecodeError if it is not an integer."""
+    label = sample.get("cls")
+    try:
+        return int(label.decode()) if label is not None else -1
+    except ValueError:
+        raise DecodeError(f".cls is not an integer: {label[:20]!r}") from None

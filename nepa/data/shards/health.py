@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-KINDS = ("truncated", "decode", "shape", "missing", "corrupt")
+KINDS = ("truncated", "decode", "shape", "missing", "corrupt", "short", "nonfinite")
 
 
 class BadDataError(RuntimeError):

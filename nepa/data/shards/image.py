@@ -25,10 +25,11 @@ from nepa.data.images import (
     normalizer,
     train_augment,
 )
-from nepa.data.shards.codecs import DecodeError, field_ext, payload_field
+from nepa.data.shards.codecs import DecodeError, field_ext, label_of, payload_field
 from nepa.data.shards.manifest import ShardList, resolve_shards
 from nepa.data.shards.options import ShardOptions
 from nepa.data.shards.reader import decode_all
+from nepa.data.shards.stats import PIXELS
 from nepa.data.shards.stream import ShardTrainData
 
 
@@ -47,12 +48,7 @@ def decode_sample(sample: dict[str, Any], channels: int) -> tuple[torch.Tensor, 
             f"image has {img_CHW.shape[0]} channel(s), the config says channels={channels}",
             kind="shape",
         )
-    label = sample.get("cls")
-    try:
-        y = int(label.decode()) if label is not None else -1
-    except ValueError:
-        raise DecodeError(f".cls is not an integer: {label[:20]!r}") from None
-    return img_CHW, y
+    return img_CHW, label_of(sample)
 
 
 class ImageSample:
@@ -82,7 +78,12 @@ def _stats(cfg: ImageShardsConfig, shards: ShardList) -> Callable[[], np.ndarray
     def stats() -> np.ndarray:
         m = shards.manifest
         info = m.splits.get("train") if m is not None else None
-        if info is None or info.mean is None or info.std is None:
+        if (
+            info is None
+            or info.mean is None
+            or info.std is None
+            or info.stats not in (None, PIXELS)
+        ):
             raise ValueError(
                 f"{cfg.source!r} has no stored pixel statistics for a train split: set "
                 f"data.mean and data.std ({cfg.channels} values each)"

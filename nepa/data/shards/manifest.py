@@ -49,9 +49,11 @@ class SplitInfo(_Model):
     shards: list[ShardInfo]
     samples: NonNegativeInt
     fields: list[str]  # extensions present in every sample, e.g. ["cls", "png"]
-    # Per-channel mean/std of image pixels scaled to [0, 1], computed while writing.
+    # Per-channel mean/std computed while writing; ``stats`` names the values they describe
+    # (nepa.data.shards.stats; None in manifests before 0.2: image pixels scaled to [0, 1]).
     mean: list[float] | None = None
     std: list[float] | None = None
+    stats: str | None = None
 
 
 class Manifest(_Model):

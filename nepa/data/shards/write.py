@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 from webdataset import TarWriter
 
@@ -56,6 +55,7 @@ from nepa.data.shards.codecs import (
 )
 from nepa.data.shards.manifest import MANIFEST, Manifest, ShardInfo, SplitInfo, parse_manifest
 from nepa.data.shards.sources import open_source
+from nepa.data.shards.stats import RunningStats
 from nepa.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -273,16 +273,16 @@ def _merged(
 
 @dataclass
 class _SplitAccumulator:
-    """Checks and encodes samples one by one; gathers keys, common fields and pixel stats."""
+    """Checks and encodes samples one by one; gathers keys, common fields and statistics."""
 
     modality: str
     classes: list[str] | None
     keys: set[str] = field(default_factory=set)
     fields: set[str] | None = None
-    n_px: int = 0
-    sums: torch.Tensor | None = None  # (C,) float64 sums of pixels / 255, and of their squares
-    sums2: torch.Tensor | None = None
-    mixed_channels: bool = False
+    stats: RunningStats | None = None
+
+    def __post_init__(self) -> None:
+        self.stats = RunningStats(self.modality)
 
     def add(self, sample: dict[str, Any]) -> dict[str, Any]:
         key = self._check_key(sample.get("__key__"))
@@ -294,8 +294,7 @@ class _SplitAccumulator:
             out[fname] = _encode(key, fname, value)
         payload = self._decode_all(key, out)
         self.fields = set(out) - {"__key__"} if self.fields is None else self.fields & set(out)
-        if self.modality == "image":
-            self._add_pixels(payload)
+        self.stats.add(payload)
         return out
 
     def _check_key(self, key: Any) -> str:
@@ -343,39 +342,15 @@ class _SplitAccumulator:
                 f"for {len(self.classes)} classes; cls is an index into classes"
             )
 
-    def _add_pixels(self, img_CHW: torch.Tensor) -> None:
-        """Running per-channel sums of pixels scaled to [0, 1], as ``channel_stats`` computes."""
-        c = img_CHW.shape[0]
-        px_CN = img_CHW.reshape(c, -1).to(torch.float64) / 255.0
-        if self.sums is None:
-            self.sums, self.sums2 = (
-                torch.zeros(c, dtype=torch.float64),
-                torch.zeros(c, dtype=torch.float64),
-            )
-        if len(self.sums) != c:
-            self.mixed_channels = True
-            return
-        self.sums += px_CN.sum(1)
-        self.sums2 += (px_CN**2).sum(1)
-        self.n_px += px_CN.shape[1]
-
     def split_info(self, shards: list[ShardInfo]) -> SplitInfo:
-        mean = std = None
-        if self.mixed_channels:
-            log.warning(
-                "images of this split have different channel counts: no mean/std in the manifest "
-                "(set data.mean/std in the config, or convert the images to one channel count)"
-            )
-        elif self.sums is not None and self.sums2 is not None and self.n_px:
-            m = self.sums / self.n_px
-            s = torch.sqrt(torch.clamp(self.sums2 / self.n_px - m**2, min=0.0))
-            mean, std = m.tolist(), s.tolist()
+        mean, std, what = self.stats.result()
         return SplitInfo(
             shards=shards,
             samples=sum(s.samples for s in shards),
             fields=sorted(self.fields or ()),
             mean=mean,
             std=std,
+            stats=what,
         )
 
 
