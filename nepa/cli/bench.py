@@ -70,6 +70,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     loader.add_argument("--batches", type=int, default=40, help="timed batches per measurement")
     loader.add_argument("--rounds", type=int, default=3)
     loader.add_argument("--json", type=Path, metavar="FILE")
+    loader.add_argument(
+        "--recipe",
+        metavar="MODULE_OR_FILE:FUNCTION",
+        help="time this recipe's own training loader against its own model step instead "
+        "(any modality, e.g. recipes/fsdd.py:shards); --set overrides apply to it",
+    )
+    loader.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     loader.set_defaults(func=_loader)
 
 
@@ -84,6 +91,8 @@ def _loader(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.recipe:
+        return _recipe_loader(args, workers)
     cfg = LoaderBenchConfig(
         archive=args.archive,
         work=args.work,
@@ -95,6 +104,23 @@ def _loader(args: argparse.Namespace) -> int:
     try:
         result = run_loader_bench(cfg)
     except FileNotFoundError as e:
+        print(f"nepa bench loader: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _recipe_loader(args: argparse.Namespace, workers: tuple[int, ...]) -> int:
+    from nepa.bench.recipe_loader import run_recipe_loader_bench
+    from nepa.config import ConfigError, load_recipe
+
+    try:
+        cfg, _ = load_recipe(args.recipe, args.set)
+        result = run_recipe_loader_bench(
+            cfg, workers=workers, batches=args.batches, rounds=args.rounds
+        )
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"nepa bench loader: error: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -126,7 +126,7 @@ def clips_key(cfg: AudioFolderConfig) -> str:
         str(cfg.sample_rate),
         str(cfg.mel_bins),
         str(cfg.min_frames),
-        "fbank-v1",
+        "fbank-v2",  # v2: cached resampling kernel (differences of 1e-7)
     )
     return f"audio-{root.name}-{key}"
 

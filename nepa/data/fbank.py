@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -27,6 +28,13 @@ WINDOW_MS = 25
 _logged_rates: set[int] = set()
 
 
+@lru_cache(maxsize=16)
+def resampler(rate: int, sample_rate: int) -> torchaudio.transforms.Resample:
+    """torchaudio's resampler from ``rate`` to ``sample_rate``, its sinc kernel built once per
+    pair of rates and process (``functional.resample`` rebuilds it for every clip)."""
+    return torchaudio.transforms.Resample(rate, sample_rate)
+
+
 def front_end(
     wave: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE, mel_bins: int = MEL_BINS
 ) -> np.ndarray:
@@ -37,7 +45,7 @@ def front_end(
         if rate not in _logged_rates:
             log.info("audio: resampling %d Hz clips to %d Hz", rate, sample_rate)
             _logged_rates.add(rate)
-        x = torchaudio.functional.resample(x, rate, sample_rate)
+        x = resampler(rate, sample_rate)(x)
     if len(x) < sample_rate * WINDOW_MS // 1000:  # not one whole window: no frames
         return np.zeros((0, mel_bins), np.float32)
     x = x - x.mean()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 
 from nepa.batch import FieldSpec
 from nepa.config import ConfigError, apply_overrides, load_recipe
@@ -136,3 +137,10 @@ def test_fsdd_official_and_speaker_splits() -> None:
     assert set(held_out.speakers.tolist()) == {"theo"}
     crops = [train[(0, s)]["fbank"] for s in (1, 1, 2)]
     assert torch.equal(crops[0], crops[1])
+
+
+def test_cached_resampler_equals_torchaudio_resample() -> None:
+    x = torch.from_numpy(_tone(0.7, 8000))
+    want = torchaudio.functional.resample(x, 8000, 16000)
+    torch.testing.assert_close(fbank.resampler(8000, 16000)(x), want, rtol=0, atol=1e-5)
+    assert fbank.resampler(8000, 16000) is fbank.resampler(8000, 16000)
