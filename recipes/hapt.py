@@ -8,6 +8,7 @@ the channel-independent grid with
 from nepa import RunConfig
 from nepa.config import EvalConfig, OptimConfig, TrainConfig
 from nepa.data.sensors import HaptConfig
+from nepa.data.uea import UeaConfig
 from nepa.encoders.sensor import SensorEncoderConfig
 from nepa.objectives.nepa import NepaConfig
 from nepa.predictor.config import PredictorConfig
@@ -36,3 +37,19 @@ def independent() -> RunConfig:
     cfg["name"] = "hapt-independent"
     cfg["encoder"].update(channels="independent", patch=16, stride=16, scan="raster")
     return RunConfig.model_validate(cfg)
+
+
+def basic_motions() -> RunConfig:
+    """UEA BasicMotions (6 channels, 100 steps at 10 Hz, 4 activities; 40 train / 40 test
+    series, shipped inside sktime's wheel): patches of 20 every 10 steps (9 tokens); tiny by
+    design, the set is 40 series."""
+    return RunConfig(
+        name="basic-motions",
+        data=UeaConfig(name="BasicMotions", jitter=0.05),
+        encoder=SensorEncoderConfig(patch=20, stride=10, channels="mixing"),
+        predictor=PredictorConfig(dim=64, depth=4, heads=4),
+        objective=NepaConfig(),
+        optim=OptimConfig(lr=1e-3, warmup=0.05),
+        train=TrainConfig(steps=300, batch_size=32, log_every=20, ckpt_every=100),
+        eval=EvalConfig(pool="mean"),
+    )

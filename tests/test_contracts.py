@@ -178,6 +178,13 @@ def _audio_shards(tmp: Path) -> DataConfig:
     return AudioShardsConfig(source=str(tmp / "audio"), target_frames=32)
 
 
+def _uea(tmp: Path) -> DataConfig:
+    from nepa.data.uea import UeaConfig
+
+    pytest.importorskip("sktime", reason="the uea sets ship inside sktime (nepa[timeseries])")
+    return UeaConfig(name="BasicMotions", pad_to=104, jitter=0.1, limit_test=20)
+
+
 def _two_views(tmp: Path) -> DataConfig:
     return EMA_PLUGIN.TwoViewsConfig(limit_train=64, limit_test=32)
 
@@ -193,6 +200,7 @@ DATASET_FACTORIES = {
     "audio_folder": _fsdd,
     "moving_mnist": _moving_mnist,
     "audio_shards": _audio_shards,
+    "uea": _uea,
 }
 
 

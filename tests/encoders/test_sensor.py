@@ -3,6 +3,7 @@ the HAPT windows dataset."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -164,3 +165,23 @@ def test_hapt_windows_follow_the_uci_har_protocol() -> None:
     assert abs(x.mean()) < 0.2 and 0.7 < x.std() < 1.3  # standardised with train statistics
     assert torch.equal(train[(3, 7)]["signal"], train[(3, 7)]["signal"])
     assert not torch.equal(train[(3, 7)]["signal"], train[(3, 8)]["signal"])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("sktime") is None, reason="UEA sets ship inside sktime"
+)
+def test_basic_motions_from_sktime_offline() -> None:
+    from nepa.data.base import build_dataset
+    from nepa.data.uea import UeaConfig
+
+    cfg = UeaConfig(name="BasicMotions", pad_to=104)
+    train, test = (build_dataset(cfg, split=s, train=s == "train") for s in ("train", "test"))
+    assert (len(train), len(test)) == (40, 40) and train.num_classes == 4
+    assert train.classes == ["badminton", "running", "standing", "walking"]
+    s = test[0]
+    assert s["signal"].shape == (6, 104) and int(s["length"]) == 100
+    assert (s["signal"][:, 100:] == 0).all()  # padding, which the encoder masks
+    x = torch.stack([train[i]["signal"][:, :100] for i in range(40)])
+    torch.testing.assert_close(x.mean(dim=(0, 2)), torch.zeros(6), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="not one sktime ships"):
+        _ = UeaConfig(name="Epilepsy").fields
