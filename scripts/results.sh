@@ -32,8 +32,8 @@ fi
 # The other modalities: each tiny recipe against random init (3 seeds, three protocols) and the
 # raw-input kNN floor, then a comparison of scan orders on its grid. Each table fits in under
 # two hours on 2 cores.
-modality() {  # modality NAME RECIPE SCAN_RECIPE SCANS
-  local name=$1 recipe=$2 scan_recipe=$3 scans=$4
+modality() {  # modality NAME RECIPE [SCAN_RECIPE SCANS]
+  local name=$1 recipe=$2 scan_recipe=${3:-} scans=${4:-}
   if [[ $table == all || $table == "$name" ]]; then
     $NEPA compare "$recipe" --seeds 3 --eval knn,linear,attentive --random-init \
       --out "$OUT/$name"
@@ -42,7 +42,7 @@ modality() {  # modality NAME RECIPE SCAN_RECIPE SCANS
     [[ -f $OUT/$name/raw_input_knn.json ]] ||
       $NEPA eval knn "$first" --raw-pixels --json "$OUT/$name/raw_input_knn.json"
   fi
-  if [[ $table == all || $table == "$name-scans" ]]; then
+  if [[ -n $scans && ($table == all || $table == "$name-scans") ]]; then
     $NEPA compare "$scan_recipe" --vary "encoder.scan=$scans" --seeds 3 --eval knn,linear \
       --out "$OUT/$name-scans"
   fi
@@ -51,3 +51,4 @@ modality hapt recipes/hapt.py:tiny recipes/hapt.py:independent column,raster,sna
 modality fsdd recipes/fsdd.py:tiny recipes/fsdd.py:tiny raster,column,snake,hilbert
 modality moving-mnist recipes/moving_mnist.py:tiny recipes/moving_mnist.py:tiny \
   raster,snake,hilbert,random
+modality basic-motions recipes/hapt.py:basic_motions
