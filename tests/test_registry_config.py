@@ -46,6 +46,8 @@ ENCODER_EXAMPLES: dict[str, tuple[str, tuple[int, ...], dict]] = {
         {"patch": 16, "stride": 8, "channels": "independent", "scan": "snake", "revin": True},
     ),
     "video": ("video", (1, 4, 16, 16), {"tubelet": (2, 8, 8), "scan": "hilbert"}),
+    # registered by docs/examples/waveform.py when tests/test_guide_modality.py imports it
+    "waveform_frames": ("wave", (1, 1600), {"frame": 400}),
 }
 
 
