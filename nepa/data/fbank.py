@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000  # the audio SSL convention
 MEL_BINS = 128
 WINDOW_MS = 25
-HOP_MS = 10
 
 _logged_rates: set[int] = set()
 
@@ -36,34 +35,21 @@ def resampler(rate: int, sample_rate: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(rate, sample_rate)
 
 
-def window_and_hop(sample_rate: int) -> tuple[int, int]:
-    """Samples per 25 ms window and per 10 ms hop."""
-    return sample_rate * WINDOW_MS // 1000, sample_rate * HOP_MS // 1000
-
-
-def frames_of(samples: int | torch.Tensor, sample_rate: int) -> int | torch.Tensor:
-    """Frames the fbank makes of ``samples`` samples: whole windows only (Kaldi's snip_edges)."""
-    win, hop = window_and_hop(sample_rate)
-    if isinstance(samples, torch.Tensor):
-        return torch.where(samples >= win, 1 + (samples - win) // hop, 0)
-    return 1 + (samples - win) // hop if samples >= win else 0
-
-
-def mono(wave: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Waveform ``(samples,)`` or ``(samples, channels)`` -> mono at ``sample_rate``, mean
-    removed: ``(samples,)`` float32."""
+def front_end(
+    wave: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE, mel_bins: int = MEL_BINS
+) -> np.ndarray:
+    """Waveform ``(samples,)`` or ``(samples, channels)`` -> log-mel fbank ``(frames, bins)``;
+    a clip shorter than one 25 ms window has no frames (readers skip it and count it)."""
     x = torch.from_numpy(wave if wave.ndim == 1 else wave.mean(1))
     if rate != sample_rate:
         if rate not in _logged_rates:
             log.info("audio: resampling %d Hz clips to %d Hz", rate, sample_rate)
             _logged_rates.add(rate)
         x = resampler(rate, sample_rate)(x)
-    return x - x.mean()
-
-
-def kaldi_fbank(x: torch.Tensor, sample_rate: int, mel_bins: int) -> torch.Tensor:
-    """``torchaudio.compliance.kaldi.fbank`` with the audio SSL settings: ``(frames, bins)``."""
-    return torchaudio.compliance.kaldi.fbank(
+    if len(x) < sample_rate * WINDOW_MS // 1000:  # not one whole window: no frames
+        return np.zeros((0, mel_bins), np.float32)
+    x = x - x.mean()
+    fb = torchaudio.compliance.kaldi.fbank(
         x[None],
         htk_compat=True,
         sample_frequency=sample_rate,
@@ -71,39 +57,9 @@ def kaldi_fbank(x: torch.Tensor, sample_rate: int, mel_bins: int) -> torch.Tenso
         window_type="hanning",
         num_mel_bins=mel_bins,
         dither=0.0,
-        frame_length=WINDOW_MS,
-        frame_shift=HOP_MS,
+        frame_shift=10,
     )
-
-
-def front_end(
-    wave: np.ndarray, rate: int, sample_rate: int = SAMPLE_RATE, mel_bins: int = MEL_BINS
-) -> np.ndarray:
-    """Waveform ``(samples,)`` or ``(samples, channels)`` -> log-mel fbank ``(frames, bins)``;
-    a clip shorter than one 25 ms window has no frames (readers skip it and count it)."""
-    x = mono(wave, rate, sample_rate)
-    if frames_of(len(x), sample_rate) == 0:
-        return np.zeros((0, mel_bins), np.float32)
-    return kaldi_fbank(x, sample_rate, mel_bins).numpy()
-
-
-def batch_fbank(waves_BL: torch.Tensor, sample_rate: int, mel_bins: int) -> torch.Tensor:
-    """The fbank of every row of ``(B, L)`` at once: ``(B, frames_of(L), bins)``.
-
-    Every Kaldi frame is computed from its own window alone (its DC offset, pre-emphasis and
-    window are per frame), so the rows, each padded to a whole number of hops, are joined into
-    one waveform and ``kaldi.fbank`` runs once; clip ``b``'s frames are the rows that start
-    inside it, equal to its own fbank. One call per batch instead of per clip saves the
-    per-call work (the window and the mel filterbank are rebuilt on every call).
-    """
-    B, L = waves_BL.shape
-    win, hop = window_and_hop(sample_rate)
-    n = frames_of(L, sample_rate)
-    per = -(-L // hop)  # hops per padded row
-    joined = torch.nn.functional.pad(waves_BL, (0, per * hop - L)).reshape(-1)
-    fb = kaldi_fbank(joined, sample_rate, mel_bins)  # (frames of the whole, bins)
-    rows = (torch.arange(B)[:, None] * per + torch.arange(n)[None]).reshape(-1)
-    return fb[rows].reshape(B, n, mel_bins)
+    return fb.numpy()
 
 
 def stats_name(sample_rate: int, mel_bins: int) -> str:

@@ -10,7 +10,6 @@ sample rate and mel bins.
 
 from __future__ import annotations
 
-import random
 from typing import Any, Literal
 
 import numpy as np
@@ -21,15 +20,7 @@ from nepa.batch import LABEL, Batch
 from nepa.data.audio import FbankOptions
 from nepa.data.base import DATASETS
 from nepa.data.decode import decode_bytes, exts_of
-from nepa.data.fbank import (
-    batch_fbank,
-    crop_or_pad,
-    frames_of,
-    kaldi_fbank,
-    mono,
-    stats_name,
-    window_and_hop,
-)
+from nepa.data.fbank import crop_or_pad, front_end, stats_name
 from nepa.data.shards.codecs import DecodeError, field_ext, label_of, payload_field
 from nepa.data.shards.manifest import ShardList, resolve_shards
 from nepa.data.shards.options import ShardOptions
@@ -46,61 +37,29 @@ class AudioShardsConfig(ShardOptions, FbankOptions):
 
 
 class AudioSample:
-    """Evaluation: decode, front end, normalise, pad (or cut at the start): a ``{"fbank",
+    """Decode, front end, normalise, crop (seeded when training) or pad: a ``{"fbank",
     "length", "label"}`` sample."""
 
-    def __init__(self, cfg: AudioShardsConfig, mean: float, std: float) -> None:
-        self.cfg, self.mean, self.std = cfg, mean, std
-
-    def wave(self, sample: dict[str, Any]) -> torch.Tensor:
-        """The clip, mono at the config's rate, mean removed; DecodeError (counted) if it is
-        undecodable, non-finite or shorter than ``min_frames``."""
-        field = payload_field(sample, exts_of("audio"))  # built-in or user-registered extensions
-        wave, rate = decode_bytes(field_ext(field), sample[field])
-        if not np.isfinite(wave).all():
-            raise DecodeError("clip holds non-finite samples", kind="nonfinite")
-        x = mono(wave, rate, self.cfg.sample_rate)
-        n = frames_of(len(x), self.cfg.sample_rate)
-        if n < self.cfg.min_frames:
-            raise DecodeError(
-                f"clip of {n} frames is shorter than min_frames={self.cfg.min_frames}",
-                kind="short",
-            )
-        return x
+    def __init__(self, cfg: AudioShardsConfig, mean: float, std: float, train: bool) -> None:
+        self.cfg, self.mean, self.std, self.train = cfg, mean, std, train
 
     def __call__(self, sample: dict[str, Any], seed: int | None = None) -> Batch:
-        x = self.wave(sample)
-        fb = kaldi_fbank(x, self.cfg.sample_rate, self.cfg.mel_bins).numpy()
-        out = crop_or_pad((fb - self.mean) / (2 * self.std), self.cfg.target_frames, None)
+        field = payload_field(sample, exts_of("audio"))  # built-in or user-registered extensions
+        wave, rate = decode_bytes(field_ext(field), sample[field])
+        fb = front_end(wave, rate, self.cfg.sample_rate, self.cfg.mel_bins)
+        if len(fb) < self.cfg.min_frames:
+            raise DecodeError(
+                f"clip of {len(fb)} frames is shorter than min_frames={self.cfg.min_frames}",
+                kind="short",
+            )
+        if not np.isfinite(fb).all():
+            raise DecodeError("clip holds non-finite samples", kind="nonfinite")
+        fb = (fb - self.mean) / (2 * self.std)
+        out = crop_or_pad(fb, self.cfg.target_frames, seed if self.train else None)
         return {**out, LABEL: torch.tensor(label_of(sample))}
 
     def finish_batch(self, batch: Batch) -> Batch:
         return batch
-
-
-class AudioTrainSample(AudioSample):
-    """Training, in the loader workers: each clip is cut to the samples of a seeded random
-    crop of ``target_frames`` frames (the crop ``crop_or_pad`` draws) and padded; the fbank of
-    the whole batch is then computed in one call (:func:`nepa.data.fbank.batch_fbank`), equal
-    to each clip's own."""
-
-    def __call__(self, sample: dict[str, Any], seed: int | None = None) -> Batch:
-        x = self.wave(sample)
-        rate, T = self.cfg.sample_rate, self.cfg.target_frames
-        win, hop = window_and_hop(rate)
-        n = frames_of(len(x), rate)
-        start = random.Random(seed).randint(0, n - T) * hop if n > T else 0
-        x = x[start : start + win + (T - 1) * hop]  # the samples of the crop's frames
-        out = torch.zeros(win + (T - 1) * hop)
-        out[: len(x)] = x
-        return {"wave": out, "samples": torch.tensor(len(x)), LABEL: torch.tensor(label_of(sample))}
-
-    def finish_batch(self, batch: Batch) -> Batch:
-        fb = batch_fbank(batch["wave"], self.cfg.sample_rate, self.cfg.mel_bins)  # (B, T, F)
-        length = frames_of(batch["samples"], self.cfg.sample_rate)  # (B,)
-        fb = (fb - self.mean) / (2 * self.std)
-        fb[torch.arange(fb.shape[1])[None] >= length[:, None]] = 0.0  # padding, as crop_or_pad
-        return {"fbank": fb, "length": length, LABEL: batch[LABEL]}
 
 
 def fbank_statistics(cfg: AudioShardsConfig, shards: ShardList) -> tuple[float, float]:
@@ -139,10 +98,10 @@ def build_audio_shards(
 ) -> ShardTrainData | SampleList:
     shards = resolve_shards(cfg.source, split)
     mean, std = fbank_statistics(cfg, shards)
+    sample_fn = AudioSample(cfg, mean, std, train)
     if train:
-        data = ShardTrainData(shards, AudioTrainSample(cfg, mean, std), cfg)
+        data = ShardTrainData(shards, sample_fn, cfg)
     else:
-        sample_fn = AudioSample(cfg, mean, std)
         items = decode_all(shards, sample_fn, allow_pickle=cfg.allow_pickle, where=cfg.source)
         labels = torch.stack([it[LABEL] for it in items])
         data = SampleList(items, shards.class_names(int(labels.max())))

@@ -175,28 +175,3 @@ def test_moving_mnist_shards_read_back_as_the_generated_videos(
     for i in range(6):
         s = read[i]
         assert any(torch.allclose(s["video"], v, atol=1e-5) for v in by_label[int(s["label"])])
-
-
-def test_batched_training_front_end_equals_each_clips_own(tmp_path: Path) -> None:
-    """The training path cuts each clip's crop from the waveform and runs one fbank per batch;
-    it must give what the per-clip front end, normalisation and seeded crop give."""
-    from nepa.batch import collate
-    from nepa.data.fbank import crop_or_pad, front_end
-    from nepa.data.shards.audio import AudioTrainSample
-
-    src = _recordings(tmp_path / "rec")
-    cfg = AudioShardsConfig(source=".", target_frames=24, min_frames=8)
-    sample_fn = AudioTrainSample(cfg, mean=-9.0, std=4.0)
-    sf.write(src / "0_ann_20.wav", _tone(0.260625, 16000, 300), 16000)  # 24 frames + 90 samples
-    files = sorted(src.iterdir())[:10] + [src / "0_ann_20.wav"]
-    seeds = list(range(100, 111))
-    raw = [{"wav": p.read_bytes(), "cls": str(i % 3).encode()} for i, p in enumerate(files)]
-    batch = sample_fn.finish_batch(
-        collate([sample_fn(r, s) for r, s in zip(raw, seeds, strict=True)])
-    )
-    for i, (path, seed) in enumerate(zip(files, seeds, strict=True)):
-        wave, rate = sf.read(path, dtype="float32", always_2d=True)
-        want = crop_or_pad((front_end(wave, rate) + 9.0) / 8.0, 24, seed)
-        assert int(batch["length"][i]) == int(want["length"])
-        torch.testing.assert_close(batch["fbank"][i], want["fbank"], rtol=1e-5, atol=1e-5)
-    assert batch["fbank"].shape == (11, 24, 128) and (batch["length"] == 24).any()
