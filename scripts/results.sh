@@ -52,3 +52,34 @@ modality fsdd recipes/fsdd.py:tiny recipes/fsdd.py:tiny raster,column,snake,hilb
 modality moving-mnist recipes/moving_mnist.py:tiny recipes/moving_mnist.py:tiny \
   raster,snake,hilbert,random
 modality basic-motions recipes/hapt.py:basic_motions
+
+# Moving MNIST's other label: the same runs evaluated on the first digit's direction (8 classes).
+if [[ $table == all || $table == moving-mnist-direction ]]; then
+  dir="$OUT/moving-mnist"
+  for run in "$dir"/runs/base-s*; do
+    for protocol in knn linear; do
+      for init in "" --random-init; do
+        json="$run/direction-$protocol${init:+-init}.json"
+        [[ -f $json ]] || $NEPA eval "$protocol" "$run" --set data.label=direction $init --json "$json"
+      done
+    done
+  done
+  [[ -f $dir/raw_input_knn_direction.json ]] || $NEPA eval knn "$dir/runs/base-s0" --raw-pixels \
+    --set data.label=direction --json "$dir/raw_input_knn_direction.json"
+  ${PYTHON:-.venv/bin/python} - "$dir" <<'PY' > "$dir/direction.md"
+import json, statistics, sys
+from pathlib import Path
+
+dir = Path(sys.argv[1])
+print("| protocol | pretrained top-1 % | random init top-1 % |\n|---|---|---|")
+for protocol in ("knn", "linear"):
+    cells = []
+    for suffix in ("", "-init"):
+        runs = sorted(dir.glob(f"runs/base-s*/direction-{protocol}{suffix}.json"))
+        tops = [100 * json.loads(p.read_text())["top1"] for p in runs]
+        cells.append(f"{statistics.mean(tops):.2f} ± {statistics.stdev(tops):.2f} ({len(tops)} seeds)")
+    print(f"| {protocol} | {cells[0]} | {cells[1]} |")
+raw = json.loads((dir / "raw_input_knn_direction.json").read_text())
+print(f"\nkNN on the raw pixels: {100 * raw['top1']:.2f}")
+PY
+fi
