@@ -11,14 +11,16 @@ per batch, so every sample's target set has the same number of cells (no padding
 Two schemes, both from one ``torch.Generator`` the objective seeds from (seed, step):
 
 - :func:`context_and_targets` (I-JEPA): ``targets`` blocks, then one ``context`` block with every
-  target cell removed. Context sets differ in size per sample; each is cut to the batch's
-  smallest by a seeded random subset, and a configuration whose context would fall below
-  ``min_keep`` cells whatever the placement is refused up front (:func:`check_blocks`); a
-  sample whose placement leaves fewer is placed again.
+  target cell removed. A configuration whose context would fall below ``min_keep`` cells
+  whatever the placement is refused up front (:func:`check_blocks`); a sample whose placement
+  leaves fewer is placed again.
 - :func:`complement_context` (V-JEPA): the union of the blocks is the target, the context is
   everything else.
 
-Indices are row-major (C order) cell numbers of the grid, sorted, as int64 tensors.
+Shapes come from one generator per batch, locations from one generator per sample (see
+:func:`context_and_targets`). Sets that differ in size per sample are padded, with a keep mask
+(I-JEPA cuts them to the batch's smallest instead, which makes a sample's context depend on its
+batch-mates). Indices are row-major (C order) cell numbers of the grid, sorted, int64.
 """
 
 from __future__ import annotations
@@ -41,10 +43,23 @@ class BlockSpec:
 
 @dataclass(frozen=True)
 class Masks:
-    """``context`` (B, Kc) and ``targets`` (B, N, Kt): sorted row-major cell indices."""
+    """Sorted row-major cell indices, padded per sample with ``*_keep`` False:
+    ``context`` (B, Kc), ``targets`` (B, N, Kt)."""
 
     context: torch.Tensor
+    context_keep: torch.Tensor
     targets: torch.Tensor
+    targets_keep: torch.Tensor
+
+
+def _pad(sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index sets of different sizes -> (B, K) indices (padding 0) and (B, K) keep."""
+    k = max(len(x) for x in sets)
+    idx = torch.zeros(len(sets), k, dtype=torch.long)
+    keep = torch.zeros(len(sets), k, dtype=torch.bool)
+    for i, x in enumerate(sets):
+        idx[i, : len(x)], keep[i, : len(x)] = x, True
+    return idx, keep
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -97,29 +112,28 @@ def _indices(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
-def _cut(idx: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-    """A seeded random subset of ``k`` of the indices, sorted."""
-    if len(idx) == k:
-        return idx
-    return idx[torch.randperm(len(idx), generator=g)[:k]].sort().values
-
-
 TRIES = 20  # placements tried per sample before a context below min_keep is an error
 
 
 def context_and_targets(
     grid: Grid,
-    batch: int,
+    shape_gen: torch.Generator,
+    sample_gens: list[torch.Generator],
     targets: BlockSpec,
     context: BlockSpec,
     min_keep: int,
-    g: torch.Generator,
 ) -> Masks:
-    """I-JEPA: ``targets.n`` target blocks and one context block minus the targets, per sample;
-    a sample whose context keeps fewer than ``min_keep`` cells is placed again."""
-    t_shape, c_shape = draw_shape(grid, targets, g), draw_shape(grid, context, g)
+    """I-JEPA: ``targets.n`` target blocks and one context block minus the targets, per sample.
+
+    Block shapes come from ``shape_gen`` (once per batch: every sample's targets have the same
+    size); each sample's locations from its own generator, so a sample's masks do not depend on
+    which other samples share its batch (DDP and accumulation splits give the same masks).
+    Contexts keep all their cells, padded to the batch's largest. A sample whose context keeps
+    fewer than ``min_keep`` cells is placed again.
+    """
+    t_shape, c_shape = draw_shape(grid, targets, shape_gen), draw_shape(grid, context, shape_gen)
     tgt, ctx = [], []
-    for _ in range(batch):
+    for g in sample_gens:
         for _ in range(TRIES):
             blocks = [place(grid, t_shape, g) for _ in range(targets.n)]
             keep = _indices(place(grid, c_shape, g) & ~torch.stack(blocks).any(0))
@@ -133,22 +147,25 @@ def context_and_targets(
             )
         tgt.append(torch.stack([_indices(b) for b in blocks]))  # (N, Kt): one shape for all
         ctx.append(keep)
-    k = min(len(c) for c in ctx)
-    return Masks(torch.stack([_cut(c, k, g) for c in ctx]), torch.stack(tgt))
+    context_idx, context_keep = _pad(ctx)
+    targets_idx = torch.stack(tgt)
+    return Masks(
+        context_idx, context_keep, targets_idx, torch.ones_like(targets_idx, dtype=torch.bool)
+    )
 
 
-def complement_context(grid: Grid, batch: int, blocks: BlockSpec, g: torch.Generator) -> Masks:
-    """V-JEPA: the union of ``blocks.n`` blocks is predicted from everything else. Unions
-    differ in size per sample: targets and contexts are each cut to the batch's smallest."""
-    shape = draw_shape(grid, blocks, g)
+def complement_context(
+    grid: Grid, shape_gen: torch.Generator, sample_gens: list[torch.Generator], blocks: BlockSpec
+) -> Masks:
+    """V-JEPA: the union of ``blocks.n`` blocks is predicted from everything else; both sets
+    padded to the batch's largest."""
+    shape = draw_shape(grid, blocks, shape_gen)
     unions = [
-        torch.stack([place(grid, shape, g) for _ in range(blocks.n)]).any(0) for _ in range(batch)
+        torch.stack([place(grid, shape, g) for _ in range(blocks.n)]).any(0) for g in sample_gens
     ]
-    kt = min(int(u.sum()) for u in unions)
-    kc = min(int((~u).sum()) for u in unions)
-    tgt = torch.stack([_cut(_indices(u), kt, g) for u in unions])
-    ctx = torch.stack([_cut(_indices(~u), kc, g) for u in unions])
-    return Masks(ctx, tgt[:, None])
+    t_idx, t_keep = _pad([_indices(u) for u in unions])
+    c_idx, c_keep = _pad([_indices(~u) for u in unions])
+    return Masks(c_idx, c_keep, t_idx[:, None], t_keep[:, None])
 
 
 def check_blocks(grid: Grid, targets: BlockSpec, context: BlockSpec | None, min_keep: int) -> None:

@@ -27,6 +27,10 @@ def _g(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _gens(n: int, seed: int = 0) -> list[torch.Generator]:
+    return [_g(1000 * seed + i) for i in range(n)]
+
+
 def _boxes(idx: torch.Tensor, grid: tuple[int, ...]) -> tuple[int, ...]:
     """The bounding box extent of a set of row-major cells, and check it is a full box."""
     coords = torch.stack(torch.unravel_index(idx, grid), 1)
@@ -45,14 +49,14 @@ def _boxes(idx: torch.Tensor, grid: tuple[int, ...]) -> tuple[int, ...]:
 )
 def test_context_and_targets(grid, targets, context) -> None:
     check_blocks(grid, targets, context, min_keep=10)
-    m = context_and_targets(grid, 16, targets, context, 10, _g())
+    m = context_and_targets(grid, _g(), _gens(16), targets, context, 10)
     cells = math.prod(grid)
     B, N, Kt = m.targets.shape
     assert (16, targets.n) == (B, N) and m.context.shape[0] == 16
-    assert m.context.shape[1] >= 10
+    assert m.targets_keep.all() and m.context_keep.sum(1).min() >= 10
     for b in range(16):
-        ctx = set(m.context[b].tolist())
-        assert len(ctx) == m.context.shape[1]  # no repeats
+        ctx = set(m.context[b][m.context_keep[b]].tolist())
+        assert len(ctx) == m.context_keep[b].sum()  # no repeats
         for t in m.targets[b]:
             assert not ctx & set(t.tolist())  # disjoint
             extent = _boxes(t, grid)
@@ -68,30 +72,35 @@ def test_context_and_targets(grid, targets, context) -> None:
 def test_vjepa_blocks_span_all_time_and_the_context_is_the_rest() -> None:
     grid = (8, 14, 14)
     for spec in (VJEPA_SHORT, VJEPA_LONG):
-        m = complement_context(grid, 6, spec, _g(3))
+        m = complement_context(grid, _g(3), _gens(6), spec)
         assert m.targets.shape[:2] == (6, 1)
         for b in range(6):
-            tgt, ctx = set(m.targets[b, 0].tolist()), set(m.context[b].tolist())
-            assert not tgt & ctx
-            assert len(tgt) + len(ctx) <= math.prod(grid)
-        one = complement_context(grid, 1, spec, _g(4))  # one sample: nothing is cut
-        t = torch.stack(torch.unravel_index(one.targets[0, 0], grid), 1)
-        cols = {(h, w) for _, h, w in t.tolist()}
-        assert len(t) == len(cols) * grid[0]  # a masked (h, w) is masked in every frame
-        assert len(t) + one.context.shape[1] == math.prod(grid)  # the context is the rest
+            t = m.targets[b, 0][m.targets_keep[b, 0]]
+            tgt, ctx = set(t.tolist()), set(m.context[b][m.context_keep[b]].tolist())
+            assert not tgt & ctx and len(tgt) + len(ctx) == math.prod(grid)  # the rest
+            cols = {(h, w) for _, h, w in torch.stack(torch.unravel_index(t, grid), 1).tolist()}
+            assert len(t) == len(cols) * grid[0]  # a masked (h, w) is masked in every frame
         frame = 14 * 14
         block = block_shape(grid, spec, spec.scale[0], 1.0)
         assert block[0] == 8 and abs(block[1] * block[2] / frame - spec.scale[0]) < 0.05
 
 
 def test_same_seed_same_masks_other_step_other_masks() -> None:
-    a = context_and_targets((14, 14), 8, IJEPA_TARGETS, IJEPA_CONTEXT, 10, _g(7))
-    b = context_and_targets((14, 14), 8, IJEPA_TARGETS, IJEPA_CONTEXT, 10, _g(7))
-    c = context_and_targets((14, 14), 8, IJEPA_TARGETS, IJEPA_CONTEXT, 10, _g(8))
+    def draw(seed: int, n: int = 8):
+        return context_and_targets(
+            (14, 14), _g(seed), _gens(n, seed), IJEPA_TARGETS, IJEPA_CONTEXT, 10
+        )
+
+    a, b, c = draw(7), draw(7), draw(8)
     assert torch.equal(a.context, b.context) and torch.equal(a.targets, b.targets)
     assert not torch.equal(a.targets, c.targets)
-    d = complement_context((4, 6, 6), 4, VJEPA_SHORT, _g(1))
-    e = complement_context((4, 6, 6), 4, VJEPA_SHORT, _g(1))
+    # a sample's masks do not depend on its batch-mates: the first 4 of 8 equal a batch of 4
+    half = context_and_targets((14, 14), _g(7), _gens(8, 7)[:4], IJEPA_TARGETS, IJEPA_CONTEXT, 10)
+    assert torch.equal(half.targets, a.targets[:4])
+    for i in range(4):
+        assert torch.equal(half.context[i][half.context_keep[i]], a.context[i][a.context_keep[i]])
+    d = complement_context((4, 6, 6), _g(1), _gens(4, 1), VJEPA_SHORT)
+    e = complement_context((4, 6, 6), _g(1), _gens(4, 1), VJEPA_SHORT)
     assert torch.equal(d.targets, e.targets) and torch.equal(d.context, e.context)
 
 
@@ -113,4 +122,4 @@ def test_unsatisfiable_configurations_name_grid_and_numbers(
 def test_a_context_too_small_for_min_keep_at_draw_time_is_an_error() -> None:
     many = BlockSpec(12, (0.2, 0.2))  # twelve blocks on 36 cells: rarely 30 left
     with pytest.raises(ValueError, match="fewer than min_keep=30 cells in 20 placements"):
-        context_and_targets((6, 6), 4, many, IJEPA_CONTEXT, 30, _g())
+        context_and_targets((6, 6), _g(), _gens(4), many, IJEPA_CONTEXT, 30)
