@@ -67,6 +67,15 @@ class RunConfig(Config):
                 raise ValueError(
                     f"{what} {part.kind!r} cannot read data {self.data.kind!r}: {e}"
                 ) from None
+        grid = self.encoder.grid(fields)
+        if grid is not None:
+            try:
+                self.objective.check_grid(tuple(grid))
+            except ValueError as e:
+                raise ValueError(
+                    f"objective {self.objective.kind!r} cannot work on the encoder's {tuple(grid)} "
+                    f"token grid: {e}"
+                ) from None
         if self.train.batch_size % self.train.accum:
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} must be divisible by train.accum={self.train.accum}"

@@ -17,6 +17,7 @@ from nepa.config import EvalConfig, OptimConfig, TrainConfig
 from nepa.data.images import ImageFolderConfig
 from nepa.data.shards.image import ImageShardsConfig
 from nepa.encoders.image import ImageEncoderConfig
+from nepa.objectives.jepa import JepaConfig
 from nepa.objectives.nepa import NepaConfig
 from nepa.predictor.config import PredictorConfig
 
@@ -129,3 +130,16 @@ def shards() -> RunConfig:
             "train": {**cfg.train.model_dump(), "num_workers": 1},
         }
     )
+
+
+def jepa_tiny() -> RunConfig:
+    """I-JEPA at the size of ``nepa_tiny`` (dim 128, depth 4, patch 4: an 8 x 8 grid): a
+    bidirectional context encoder, an EMA target encoder (momentum 0.996 -> 1), a narrow
+    predictor (dim 64, depth 4) and I-JEPA's masks (4 targets of 15-20%, a context block of
+    85-100% minus them, at least 10 context tokens); features from the target encoder."""
+    cfg = nepa_tiny().model_dump()
+    cfg["name"] = "cifar10-jepa-tiny"
+    cfg["predictor"].update(attn="bidirectional", start_token=False)
+    cfg["objective"] = JepaConfig(predictor_depth=4, predictor_dim=64).model_dump()
+    cfg["eval"]["attn"] = None
+    return RunConfig.model_validate(cfg)

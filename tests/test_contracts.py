@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from shard_synth import make_shards, take
-from tiny_recipe import tiny
+from tiny_recipe import jepa_tiny, tiny
 
 from nepa.batch import FieldSpec, batch_size, collate
 from nepa.config import RunConfig, import_file
@@ -29,7 +29,7 @@ EMA_PLUGIN = import_file(TESTS / "user_plugins" / "ema_views.py")  # registers u
 # ---------------------------------------------------------------------- objectives
 
 #: objectives whose defaults need a recipe of their own (other kinds run on tests' tiny recipe)
-OBJECTIVE_RECIPES = {"user_ema_views": EMA_PLUGIN.tiny}
+OBJECTIVE_RECIPES = {"user_ema_views": EMA_PLUGIN.tiny, "jepa": jepa_tiny}
 
 
 def _objective_cfg(kind: str) -> RunConfig:

@@ -58,3 +58,17 @@ def tiny() -> RunConfig:
 def tiny_with(*overrides: str) -> RunConfig:
     """``tiny()`` with ``--set``-style overrides, re-validated."""
     return apply_overrides(tiny(), list(overrides))
+
+
+def jepa_tiny() -> RunConfig:
+    """``tiny()`` trained by JEPA: bidirectional context encoder without a start token, a
+    narrow predictor of depth 1 and width 16, at least 4 context tokens of the 16."""
+    return apply_overrides(
+        tiny(),
+        [
+            "predictor.attn=bidirectional",
+            "predictor.start_token=false",
+            'objective={"kind": "jepa", "predictor_depth": 1, "predictor_dim": 16, '
+            '"min_keep": 4, "monitor_every": 2}',
+        ],
+    )

@@ -33,6 +33,10 @@ class SpectrogramEncoderConfig(EncoderConfig):
     scan: str = "raster"
     scan_seed: int = 0
 
+    def grid(self, fields: dict[str, FieldSpec]) -> tuple[int, int]:
+        frames, bins = fields[self.field].shape
+        return frames // self.patch_time, bins // self.patch_freq
+
     def check_fields(self, fields: dict[str, FieldSpec]) -> None:
         spec = require_field(fields, self.field, ndim=2, reader="encoder 'spectrogram' (T, F)")
         frames, bins = spec.shape
@@ -61,11 +65,10 @@ class SpectrogramEncoder(GridEncoder):
         super().__init__()
         cfg.check_fields(fields)
         self.cfg = cfg
-        frames, bins = fields[cfg.field].shape
         self.has_length = cfg.length_field in fields
         patch = (cfg.patch_time, cfg.patch_freq)
         self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
-        self.set_grid((frames // cfg.patch_time, bins // cfg.patch_freq), cfg.scan, cfg.scan_seed)
+        self.set_grid(cfg.grid(fields), cfg.scan, cfg.scan_seed)
 
     def forward(self, batch: Batch) -> Tokens:
         x_BTF = batch[self.cfg.field].float()

@@ -20,6 +20,11 @@ class EncoderConfig(ComponentConfig):
         encoded (a field this encoder reads is missing, or has the wrong shape). Called when the
         RunConfig is validated; :func:`nepa.batch.require_field` does the usual check."""
 
+    def grid(self, fields: dict[str, FieldSpec]) -> tuple[int, ...] | None:
+        """The token grid this encoder makes of data with these fields, or None when it cannot
+        say before it is built; objectives check it (:meth:`ObjectiveConfig.check_grid`)."""
+        return None
+
 
 class Encoder(nn.Module):
     """Maps a batch (a dict of tensors) of one modality to :class:`Tokens`.

@@ -29,6 +29,11 @@ class ImageEncoderConfig(EncoderConfig):
         p = self.patch_size
         return (p, p) if isinstance(p, int) else tuple(p)  # type: ignore[return-value]
 
+    def grid(self, fields: dict[str, FieldSpec]) -> tuple[int, int]:
+        _, H, W = fields[self.field].shape
+        ph, pw = self.patch_hw
+        return H // ph, W // pw
+
     def check_fields(self, fields: dict[str, FieldSpec]) -> None:
         spec = require_field(fields, self.field, ndim=3, reader="encoder 'image' (C, H, W)")
         _, H, W = spec.shape
@@ -53,10 +58,10 @@ class ImageEncoder(GridEncoder):
         super().__init__()
         cfg.check_fields(fields)
         self.field = cfg.field
-        C, H, W = fields[cfg.field].shape
+        C = fields[cfg.field].shape[0]
         ph, pw = cfg.patch_hw
         self.proj = nn.Conv2d(C, dim, kernel_size=(ph, pw), stride=(ph, pw))
-        self.set_grid((H // ph, W // pw), cfg.scan, cfg.scan_seed)
+        self.set_grid(cfg.grid(fields), cfg.scan, cfg.scan_seed)
 
     def forward(self, batch: Batch) -> Tokens:
         x_BCHW = batch[self.field]

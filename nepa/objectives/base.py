@@ -1,9 +1,12 @@
 """Objective contract: owns its modules, maps a batch to (loss, metrics), and declares its whole
 lifecycle here, with no-op defaults, so the trainer and evaluation call these and nothing else.
 
-Training, per optimizer step::
+Training::
 
+    objective.on_train_start(total_steps)    # once per run (and again on resume)
+    per optimizer step:
     objective.on_step_start(step, seed)      # seeded per-step randomness (RoPE rescale, masks)
+    objective.on_micro_batch(first)          # where the micro-batch starts in the global batch
     loss, metrics = objective(batch)         # per micro-batch; every metric is logged
     ... backward, clip, optimizer step ...
     objective.on_step_end(step)              # after the optimizer step (EMA updates)
@@ -35,6 +38,11 @@ class ObjectiveConfig(ComponentConfig):
         """Raise ValueError, saying how to fix it, if the batch lacks a field this objective
         reads itself (beyond what the encoder reads); see :func:`nepa.batch.require_field`."""
 
+    def check_grid(self, grid: tuple[int, ...]) -> None:
+        """Raise ValueError naming the grid and the numbers if this objective cannot work on
+        the encoder's token grid (e.g. masks that cannot be placed on it). Called when the
+        RunConfig is validated, for encoders that know their grid from the config."""
+
 
 class Objective(nn.Module):
     """Subclasses implement ``forward`` and, to be evaluated, ``backbone``; every other hook
@@ -47,6 +55,15 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     # -- training lifecycle ----------------------------------------------------------------------
+    def on_train_start(self, total_steps: int) -> None:
+        """Before the first step of a run, and again when it resumes: schedules that span the
+        run (an EMA momentum ramp) learn its length here."""
+
+    def on_micro_batch(self, first: int) -> None:
+        """Before each micro-batch's forward: ``first`` is the position of its first sample in
+        the step's global batch (the same on any split over ranks and accumulation), so
+        per-sample randomness can be drawn per global sample."""
+
     def on_step_start(self, step: int, seed: int) -> None:
         """Before the step's first micro-batch. ``seed`` is a pure function of (run seed, step),
         so randomness drawn from it is the same on every rank, micro-batch split and resume."""

@@ -155,14 +155,29 @@ def context_and_targets(
 
 
 def complement_context(
-    grid: Grid, shape_gen: torch.Generator, sample_gens: list[torch.Generator], blocks: BlockSpec
+    grid: Grid,
+    shape_gen: torch.Generator,
+    sample_gens: list[torch.Generator],
+    blocks: BlockSpec,
+    min_keep: int = 1,
 ) -> Masks:
     """V-JEPA: the union of ``blocks.n`` blocks is predicted from everything else; both sets
-    padded to the batch's largest."""
+    padded to the batch's largest. A sample whose context keeps fewer than ``min_keep`` cells
+    is placed again."""
     shape = draw_shape(grid, blocks, shape_gen)
-    unions = [
-        torch.stack([place(grid, shape, g) for _ in range(blocks.n)]).any(0) for g in sample_gens
-    ]
+    unions = []
+    for g in sample_gens:
+        for _ in range(TRIES):
+            union = torch.stack([place(grid, shape, g) for _ in range(blocks.n)]).any(0)
+            if int((~union).sum()) >= min_keep:
+                break
+        else:
+            raise ValueError(
+                f"on the {grid} grid, {blocks.n} blocks of shape {shape} left the context fewer "
+                f"than min_keep={min_keep} cells in {TRIES} placements: use fewer or smaller "
+                "blocks"
+            )
+        unions.append(union)
     t_idx, t_keep = _pad([_indices(u) for u in unions])
     c_idx, c_keep = _pad([_indices(~u) for u in unions])
     return Masks(c_idx, c_keep, t_idx[:, None], t_keep[:, None])

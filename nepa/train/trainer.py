@@ -291,6 +291,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         tick, samples, tokens = time.perf_counter(), 0, 0.0
+        self.objective.on_train_start(total)
         while self.step < total:
             lr = self.lr_at(self.step)
             set_lr(self.optimizer, lr)
@@ -364,9 +365,12 @@ class Trainer:
         """Forward/backward over ``accum`` micro-batches; returns (mean loss, the mean of each
         metric the objective returned (in ``self._metric_names`` order), samples)."""
         accum, dev = self.cfg.train.accum, self.env.device
+        chunk = self.cfg.train.batch_size // accum  # samples per micro-step over all ranks
         total, sums, n = torch.zeros((), device=dev), None, 0
         for micro in range(accum):
             batch, meta = next(batches)
+            # where this micro-batch starts in the step's global batch (the sampler's layout)
+            self.objective.on_micro_batch(micro * chunk + self.env.rank * (chunk // self.env.world))
             self._loader.observe(meta, self.step * accum + micro, self.env.rank)
             batch = to_device(batch, dev, non_blocking=True)
             with (

@@ -10,10 +10,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
+import tiny_recipe
 import torch
 from safetensors.torch import load_file
-from tiny_recipe import TINY_RECIPE, tiny_with
+from tiny_recipe import TINY_RECIPE
 
+from nepa.config import apply_overrides
 from nepa.device import pick_device
 from nepa.train.distributed import all_reduce, init_distributed, no_sync, wrap_model
 from nepa.train.rundir import read_metrics
@@ -44,8 +46,10 @@ def test_cuda_request_without_cuda_says_so() -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_at_the_same_global_batch(tmp_path: Path) -> None:
-    """torchrun 2 x (8 samples) vs 1 x (16 samples): same losses and final weights."""
+@pytest.mark.parametrize("recipe", ["tiny", "jepa_tiny"])
+def test_two_processes_equal_one_at_the_same_global_batch(tmp_path: Path, recipe: str) -> None:
+    """torchrun 2 x (8 samples) vs 1 x (16 samples): same losses and final weights, for NEPA
+    and for JEPA (whose masks are drawn per global sample)."""
     steps = ["--set", "train.steps=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = tmp_path / "ddp"
@@ -57,7 +61,7 @@ def test_two_processes_equal_one_at_the_same_global_batch(tmp_path: Path) -> Non
         "-m",
         "nepa.cli",
         "train",
-        TINY_RECIPE,
+        TINY_RECIPE.replace(":tiny", f":{recipe}"),
         "--out",
         str(ddp),
         "--no-progress",
@@ -65,7 +69,8 @@ def test_two_processes_equal_one_at_the_same_global_batch(tmp_path: Path) -> Non
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    single = train(tiny_with("train.steps=4"), tmp_path / "single", progress=False)
+    cfg = apply_overrides(getattr(tiny_recipe, recipe)(), ["train.steps=4"])
+    single = train(cfg, tmp_path / "single", progress=False)
 
     meta = json.loads((ddp / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["attention_backend"] == "sdpa"
