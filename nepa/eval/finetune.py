@@ -138,6 +138,7 @@ def finetune_classifier(objective: Objective, num_classes: int, cfg: FinetuneCon
     """A copy of the objective's backbone (its weights, not shared) under a fresh pooled head,
     with drop-path and its input embedding frozen, as the reference does."""
     backbone = copy.deepcopy(objective.backbone())
+    backbone.requires_grad_(True)  # a fresh network to train, even when it copies an EMA target
     backbone.set_drop_path(cfg.drop_path)
     for _, p in backbone.input_embedding():
         p.requires_grad_(False)

@@ -133,3 +133,13 @@ def test_accumulation_and_resume_equal_one_uninterrupted_run(tmp_path, monkeypat
     second = train(cfg, tmp_path / "split", resume=True, progress=False)
     assert first.step == 3 and first.losses + second.losses == full.losses
     assert full.losses[-1] < full.losses[0]
+
+
+def test_fine_tuning_trains_a_copy_of_the_ema_target(setup) -> None:
+    from nepa.eval.finetune import FinetuneConfig, finetune_classifier
+
+    _, objective, _ = setup
+    clf = finetune_classifier(objective, 10, FinetuneConfig())
+    trainable = [n for n, p in clf.named_parameters() if p.requires_grad]
+    assert any(".blocks." in n for n in trainable)  # the transformer trains
+    assert not any(p.requires_grad for p in objective.target_predictor.parameters())  # untouched
