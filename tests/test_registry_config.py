@@ -377,3 +377,17 @@ def test_a_recipe_file_that_fails_to_import_fails_every_time(tmp_path: Path) -> 
         ) as e:
             load_recipe(f"{bad}:tiny")
         assert isinstance(e.value.__cause__, RuntimeError)
+
+
+@pytest.mark.parametrize("kind", ["image", "spectrogram", "sensor", "video"])
+def test_patches_are_what_the_projection_reads(kind: str) -> None:
+    """Each token's raw patch, projected by the encoder's own weights, is its embedding."""
+    field, shape, kw = ENCODER_EXAMPLES[kind]
+    cfg = ENCODERS.config_class(kind).model_validate({"kind": kind, **kw})
+    torch.manual_seed(0)
+    enc = build_encoder(cfg, dim=8, fields=_fields(field, shape))
+    batch = {field: torch.randn(2, *shape)}
+    tok, raw = enc(batch), enc.patches(batch)
+    assert torch.equal(tok.coords, raw.coords) and raw.emb.shape[:2] == tok.emb.shape[:2]
+    W = enc.proj.weight.reshape(8, -1)
+    torch.testing.assert_close(raw.emb @ W.T + enc.proj.bias, tok.emb, rtol=1e-4, atol=1e-5)

@@ -73,9 +73,19 @@ class SpectrogramEncoder(GridEncoder):
     def forward(self, batch: Batch) -> Tokens:
         x_BTF = batch[self.cfg.field].float()
         emb = rearrange(self.proj(x_BTF[:, None]), "b d t f -> b (t f) d")  # row-major
-        keep = None
-        if self.has_length:
-            nt, nf = self.grid
-            ends = (torch.arange(nt) + 1) * self.cfg.patch_time
-            keep = self.keep_from_length(batch[self.cfg.length_field], ends, nf)
-        return self.scanned(emb, keep)
+        return self.scanned(emb, self.keep(batch))
+
+    def patches(self, batch: Batch) -> Tokens:
+        pt, pf = self.cfg.patch_time, self.cfg.patch_freq
+        x = rearrange(
+            batch[self.cfg.field].float(), "b (t pt) (f pf) -> b (t f) (pt pf)", pt=pt, pf=pf
+        )
+        return self.scanned(x, self.keep(batch))
+
+    def keep(self, batch: Batch) -> torch.Tensor | None:
+        """Row-major (B, T): the patches inside each clip's real frames."""
+        if not self.has_length:
+            return None
+        nt, nf = self.grid
+        ends = (torch.arange(nt) + 1) * self.cfg.patch_time
+        return self.keep_from_length(batch[self.cfg.length_field], ends, nf)

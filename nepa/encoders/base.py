@@ -38,6 +38,15 @@ class Encoder(nn.Module):
     def forward(self, batch: Batch) -> Tokens:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def patches(self, batch: Batch) -> Tokens:
+        """The raw values each token is made of, before any learned projection: ``Tokens``
+        whose ``emb`` is ``(B, T, P)`` in the same scan order, coordinates and padding as
+        :meth:`forward` (what a discrete tokenizer clusters)."""
+        raise NotImplementedError(
+            f"encoder {type(self).__name__} cannot give its raw patches (a discrete tokenizer "
+            "needs them): implement patches(batch)"
+        )
+
 
 #: builder signature: ``fn(cfg, *, dim: int, fields: dict[str, FieldSpec]) -> Encoder``
 ENCODERS: Registry[Any] = Registry("encoder")

@@ -74,3 +74,8 @@ class ImageEncoder(GridEncoder):
             )
         emb = rearrange(self.proj(x_BCHW), "b d h w -> b (h w) d")  # (B, T, D) row-major
         return self.scanned(emb)
+
+    def patches(self, batch: Batch) -> Tokens:
+        ph, pw = self.proj.kernel_size
+        x = rearrange(batch[self.field], "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=ph, pw=pw)
+        return self.scanned(x.float())

@@ -88,6 +88,20 @@ class SensorEncoder(GridEncoder):
         self.set_grid(cfg.grid(fields), cfg.scan, cfg.scan_seed)
 
     def forward(self, batch: Batch) -> Tokens:
+        raw, keep = self._patches(batch)
+        if self.cfg.channels == "mixing":
+            emb = self.proj(rearrange(raw, "b c t p -> b t (c p)"))  # (B, T, D)
+        else:
+            emb = rearrange(self.proj(raw), "b c t d -> b (c t) d")  # (B, C*T, D)
+        return self.scanned(emb, keep)
+
+    def patches(self, batch: Batch) -> Tokens:
+        raw, keep = self._patches(batch)
+        how = "b c t p -> b t (c p)" if self.cfg.channels == "mixing" else "b c t p -> b (c t) p"
+        return self.scanned(rearrange(raw, how), keep)
+
+    def _patches(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, C, T, P) patches (after RevIN) and the row-major (B, tokens) padding mask."""
         x_BCL = batch[self.cfg.field].float()
         B, C, L = x_BCL.shape
         length = batch[self.cfg.length_field] if self.has_length else None
@@ -95,18 +109,13 @@ class SensorEncoder(GridEncoder):
         if self.cfg.revin:
             x_BCL = revin(x_BCL, real_BL)
         patches = x_BCL.unfold(-1, self.cfg.patch, self.cfg.stride)  # (B, C, T, P)
-        T = patches.shape[2]
-        if self.cfg.channels == "mixing":
-            emb = self.proj(rearrange(patches, "b c t p -> b t (c p)"))  # (B, T, D)
-        else:
-            emb = rearrange(self.proj(patches), "b c t d -> b (c t) d")  # (B, C*T, D)
         keep = None
         if length is not None:
-            ends = torch.arange(T, device=x_BCL.device) * self.cfg.stride + self.cfg.patch
+            ends = torch.arange(patches.shape[2]) * self.cfg.stride + self.cfg.patch
             keep = self.keep_from_length(length, ends)  # (B, T): the patch lies in the real steps
             if self.cfg.channels == "independent":
                 keep = keep.repeat(1, C)  # row-major (channel, time)
-        return self.scanned(emb, keep)
+        return patches, keep
 
 
 def revin(x_BCL: torch.Tensor, real_BL: torch.Tensor | None, eps: float = 1e-5) -> torch.Tensor:

@@ -74,9 +74,23 @@ class VideoEncoder(GridEncoder):
     def forward(self, batch: Batch) -> Tokens:
         x_BCTHW = batch[self.cfg.field].float()
         emb = rearrange(self.proj(x_BCTHW), "b d t h w -> b (t h w) d")  # row-major
-        keep = None
-        if self.has_length:
-            nt, nh, nw = self.grid
-            ends = (torch.arange(nt) + 1) * self.cfg.tubelet[0]
-            keep = self.keep_from_length(batch[self.cfg.length_field], ends, nh * nw)
-        return self.scanned(emb, keep)
+        return self.scanned(emb, self.keep(batch))
+
+    def patches(self, batch: Batch) -> Tokens:
+        kt, kh, kw = self.cfg.tubelet
+        x = rearrange(
+            batch[self.cfg.field].float(),
+            "b c (t kt) (h kh) (w kw) -> b (t h w) (c kt kh kw)",
+            kt=kt,
+            kh=kh,
+            kw=kw,
+        )
+        return self.scanned(x, self.keep(batch))
+
+    def keep(self, batch: Batch) -> torch.Tensor | None:
+        """Row-major (B, T): the tubelets inside each clip's real frames."""
+        if not self.has_length:
+            return None
+        nt, nh, nw = self.grid
+        ends = (torch.arange(nt) + 1) * self.cfg.tubelet[0]
+        return self.keep_from_length(batch[self.cfg.length_field], ends, nh * nw)
