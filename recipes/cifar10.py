@@ -19,6 +19,7 @@ from nepa.data.shards.image import ImageShardsConfig
 from nepa.encoders.image import ImageEncoderConfig
 from nepa.objectives.jepa import JepaConfig
 from nepa.objectives.nepa import NepaConfig
+from nepa.objectives.token import TokenConfig
 from nepa.predictor.config import PredictorConfig
 
 CIFAR10 = ImageFolderConfig(
@@ -142,4 +143,15 @@ def jepa_tiny() -> RunConfig:
     cfg["predictor"].update(attn="bidirectional", start_token=False)
     cfg["objective"] = JepaConfig(predictor_depth=4, predictor_dim=64).model_dump()
     cfg["eval"]["attn"] = None
+    return RunConfig.model_validate(cfg)
+
+
+def token_tiny() -> RunConfig:
+    """The discrete next-token baseline at the size of ``nepa_tiny``: a k-means codebook of
+    1,024 codes over the normalised 4 x 4 patches (fitted on 5,000 training images at the start
+    of the run, or ``--set objective.tokenizer=FILE`` from ``nepa tokenizer fit``), the same
+    causal predictor and scan, an embedding table in and a linear head out, cross-entropy."""
+    cfg = nepa_tiny().model_dump()
+    cfg["name"] = "cifar10-token-tiny"
+    cfg["objective"] = TokenConfig(codes=1024, fit_samples=5000).model_dump()
     return RunConfig.model_validate(cfg)

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import io
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from shard_synth import make_shards, take
-from tiny_recipe import jepa_tiny, tiny
+from tiny_recipe import jepa_tiny, tiny, token_tiny
 
 from nepa.batch import FieldSpec, batch_size, collate
 from nepa.config import RunConfig, import_file
-from nepa.data.base import DATASETS, DataConfig, build_dataset
+from nepa.data.base import DATASETS, DataConfig, build_dataset, sample_batches
 from nepa.data.images import ImageFolderConfig, ImageNpzConfig
 from nepa.data.shards.array import ArrayShardsConfig
 from nepa.data.shards.image import ImageShardsConfig
@@ -29,7 +30,7 @@ EMA_PLUGIN = import_file(TESTS / "user_plugins" / "ema_views.py")  # registers u
 # ---------------------------------------------------------------------- objectives
 
 #: objectives whose defaults need a recipe of their own (other kinds run on tests' tiny recipe)
-OBJECTIVE_RECIPES = {"user_ema_views": EMA_PLUGIN.tiny, "jepa": jepa_tiny}
+OBJECTIVE_RECIPES = {"user_ema_views": EMA_PLUGIN.tiny, "jepa": jepa_tiny, "token": token_tiny}
 
 
 def _objective_cfg(kind: str) -> RunConfig:
@@ -50,7 +51,10 @@ def test_objective_contract(kind: str) -> None:
     cfg = _objective_cfg(kind)
     obj = build_objective(cfg).train()
     batch = _batch(cfg)
+    obj.fit(partial(sample_batches, cfg.data))  # the trainer's lifecycle on a fresh run
+    obj.on_train_start(10)
     obj.on_step_start(0, 123)
+    obj.on_micro_batch(0)
     loss, metrics = obj(batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())

@@ -389,5 +389,6 @@ def test_patches_are_what_the_projection_reads(kind: str) -> None:
     batch = {field: torch.randn(2, *shape)}
     tok, raw = enc(batch), enc.patches(batch)
     assert torch.equal(tok.coords, raw.coords) and raw.emb.shape[:2] == tok.emb.shape[:2]
+    assert raw.emb.shape[2] == enc.patch_dim
     W = enc.proj.weight.reshape(8, -1)
     torch.testing.assert_close(raw.emb @ W.T + enc.proj.bias, tok.emb, rtol=1e-4, atol=1e-5)

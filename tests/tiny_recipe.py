@@ -72,3 +72,15 @@ def jepa_tiny() -> RunConfig:
             '"min_keep": 4, "monitor_every": 2}',
         ],
     )
+
+
+def token_tiny() -> RunConfig:
+    """``tiny()`` trained on discrete codes: a 32-code k-means codebook of the 7 x 7 patches,
+    fitted on 64 training digits at the start of the run."""
+    return apply_overrides(
+        tiny(),
+        [
+            'objective={"kind": "token", "codes": 32, "fit_samples": 64, "kmeans_iters": 5, '
+            '"monitor_every": 2}',
+        ],
+    )

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-SUBCOMMANDS = ["train", "eval", "compare", "viz", "scans", "demo", "bench", "shards"]
+SUBCOMMANDS = ["train", "eval", "compare", "viz", "scans", "demo", "bench", "shards", "tokenizer"]
 
 
 def add_overrides(p: argparse.ArgumentParser, example: str) -> None:

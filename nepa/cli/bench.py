@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from nepa.cli import add_overrides
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` with its ``step`` subcommand."""
@@ -76,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="time this recipe's own training loader against its own model step instead "
         "(any modality, e.g. recipes/fsdd.py:shards); --set overrides apply to it",
     )
-    loader.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(loader, "train.batch_size=32 (with --recipe)")
     loader.set_defaults(func=_loader)
 
 
@@ -116,7 +118,7 @@ def _recipe_loader(args: argparse.Namespace, workers: tuple[int, ...]) -> int:
     from nepa.config import ConfigError, load_recipe
 
     try:
-        cfg, _ = load_recipe(args.recipe, args.set)
+        cfg, _ = load_recipe(args.recipe, args.overrides)
         result = run_recipe_loader_bench(
             cfg, workers=workers, batches=args.batches, rounds=args.rounds
         )

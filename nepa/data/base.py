@@ -10,12 +10,13 @@ the input normalisation it applies, which the trainer stores in the run director
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
-from nepa.batch import FieldSpec
+from nepa.batch import Batch, FieldSpec, collate
 from nepa.registry import Registry
 from nepa.schema import ComponentConfig
 
@@ -45,3 +46,13 @@ DATASETS: Registry[Any] = Registry("dataset")
 def build_dataset(cfg: DataConfig, *, split: str, train: bool) -> Dataset:
     """Build split ``split`` of the dataset named by ``cfg.kind``."""
     return DATASETS.get(cfg.kind)(cfg, split=split, train=train)
+
+
+def sample_batches(cfg: DataConfig, n: int, seed: int, batch: int = 256) -> Iterator[Batch]:
+    """``n`` samples of the train split (all of it if smaller), drawn without replacement by
+    ``seed`` and seen as evaluation sees them (no augmentation), in collated batches: the data
+    for a data-dependent initialisation such as a tokenizer's codebook."""
+    ds = build_dataset(cfg, split="train", train=False)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    for i in range(0, len(order), batch):
+        yield collate([ds[int(j)] for j in order[i : i + batch]])

@@ -68,6 +68,7 @@ class SpectrogramEncoder(GridEncoder):
         self.has_length = cfg.length_field in fields
         patch = (cfg.patch_time, cfg.patch_freq)
         self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
+        self.patch_dim = cfg.patch_time * cfg.patch_freq
         self.set_grid(cfg.grid(fields), cfg.scan, cfg.scan_seed)
 
     def forward(self, batch: Batch) -> Tokens:

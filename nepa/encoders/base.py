@@ -38,6 +38,9 @@ class Encoder(nn.Module):
     def forward(self, batch: Batch) -> Tokens:  # pragma: no cover - interface
         raise NotImplementedError
 
+    #: P, the number of raw values in one token's patch (set by encoders with :meth:`patches`)
+    patch_dim: int
+
     def patches(self, batch: Batch) -> Tokens:
         """The raw values each token is made of, before any learned projection: ``Tokens``
         whose ``emb`` is ``(B, T, P)`` in the same scan order, coordinates and padding as

@@ -61,6 +61,7 @@ class ImageEncoder(GridEncoder):
         C = fields[cfg.field].shape[0]
         ph, pw = cfg.patch_hw
         self.proj = nn.Conv2d(C, dim, kernel_size=(ph, pw), stride=(ph, pw))
+        self.patch_dim = C * ph * pw
         self.set_grid(cfg.grid(fields), cfg.scan, cfg.scan_seed)
 
     def forward(self, batch: Batch) -> Tokens:

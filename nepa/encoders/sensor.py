@@ -85,6 +85,7 @@ class SensorEncoder(GridEncoder):
         self.has_length = cfg.length_field in fields
         width = cfg.patch * (C if cfg.channels == "mixing" else 1)
         self.proj = nn.Linear(width, dim)
+        self.patch_dim = width
         self.set_grid(cfg.grid(fields), cfg.scan, cfg.scan_seed)
 
     def forward(self, batch: Batch) -> Tokens:

@@ -69,6 +69,7 @@ class VideoEncoder(GridEncoder):
         C = fields[cfg.field].shape[0]
         self.has_length = cfg.length_field in fields
         self.proj = nn.Conv3d(C, dim, kernel_size=cfg.tubelet, stride=cfg.tubelet)
+        self.patch_dim = C * cfg.tubelet[0] * cfg.tubelet[1] * cfg.tubelet[2]
         self.set_grid(cfg.grid(fields), cfg.scan, cfg.scan_seed)
 
     def forward(self, batch: Batch) -> Tokens:

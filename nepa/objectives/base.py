@@ -3,6 +3,7 @@ lifecycle here, with no-op defaults, so the trainer and evaluation call these an
 
 Training::
 
+    objective.fit(samples)                   # a fresh run only: data-dependent initialisation
     objective.on_train_start(total_steps)    # once per run (and again on resume)
     per optimizer step:
     objective.on_step_start(step, seed)      # seeded per-step randomness (RoPE rescale, masks)
@@ -19,6 +20,7 @@ and decays its learning rate by ``objective.layer_groups()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -55,6 +57,11 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     # -- training lifecycle ----------------------------------------------------------------------
+    def fit(self, samples: Callable[[int, int], Iterator[Batch]]) -> None:
+        """Data-dependent initialisation at the start of a fresh run, never on resume (what it
+        fits must live in the state dict, so checkpoints carry it): ``samples(n, seed)`` yields
+        batches of ``n`` training samples as evaluation sees them (a tokenizer's codebook)."""
+
     def on_train_start(self, total_steps: int) -> None:
         """Before the first step of a run, and again when it resumes: schedules that span the
         run (an EMA momentum ramp) learn its length here."""

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from nepa.batch import batch_size, to_device
 from nepa.config import ConfigError, RunConfig
-from nepa.data.base import build_dataset
+from nepa.data.base import build_dataset, sample_batches
 from nepa.data.loader import TrainLoader, train_loader
 from nepa.data.sampler import check_layout
 from nepa.data.shards.health import BadDataError
@@ -96,7 +97,10 @@ class Trainer:
         except ValueError as e:
             raise ConfigError(f"train.batch_size: {e}") from None
         self.run_dir = RunDir(out)
-        self.objective = build_objective(cfg)
+        try:  # what only building can check (a tokenizer file, modules that do not fit)
+            self.objective = build_objective(cfg)
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"{cfg.objective.kind} objective: {e}") from None
         self.backend = place(self.objective, env.device)
         self.bf16, self.precision_reason = resolve_precision(cfg.train.precision, env.device)
         log.info(
@@ -200,6 +204,8 @@ class Trainer:
             self._take_run_dir(resume, overwrite)
             if resume:
                 self.restore()
+            else:
+                self.objective.fit(partial(sample_batches, self.cfg.data))
             if self.env.is_main:
                 self.run_dir.write_start(self.cfg.model_dump(mode="json"), self.meta())
         except BaseException:
