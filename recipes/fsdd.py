@@ -10,7 +10,9 @@ from nepa.config import EvalConfig, OptimConfig, TrainConfig
 from nepa.data.audio import AudioFolderConfig
 from nepa.data.shards.audio import AudioShardsConfig
 from nepa.encoders.audio import SpectrogramEncoderConfig
+from nepa.objectives.jepa import JepaConfig
 from nepa.objectives.nepa import NepaConfig
+from nepa.objectives.token import TokenConfig
 from nepa.predictor.config import PredictorConfig
 
 
@@ -45,4 +47,24 @@ def shards() -> RunConfig:
     cfg["name"] = "fsdd-shards"
     cfg["data"] = AudioShardsConfig(source="shards/fsdd", target_frames=96).model_dump()
     cfg["train"]["num_workers"] = 2
+    return RunConfig.model_validate(cfg)
+
+
+def jepa_tiny() -> RunConfig:
+    """JEPA at the size of ``tiny``: spans of time (every frequency) as targets, 4 spans of
+    15-20% of the clip, the rest of a context span of 85-100%; narrow predictor dim 32, depth 4;
+    features from the EMA target encoder."""
+    cfg = tiny().model_dump()
+    cfg["name"] = "fsdd-jepa-tiny"
+    cfg["predictor"].update(attn="bidirectional", start_token=False)
+    cfg["objective"] = JepaConfig(masks="spans", predictor_depth=4, predictor_dim=32).model_dump()
+    return RunConfig.model_validate(cfg)
+
+
+def token_tiny() -> RunConfig:
+    """The discrete next-token baseline at the size of ``tiny``: 1,024 k-means codes of the
+    16 x 16 fbank patches, fitted on 2,000 training clips at the start of the run."""
+    cfg = tiny().model_dump()
+    cfg["name"] = "fsdd-token-tiny"
+    cfg["objective"] = TokenConfig(codes=1024, fit_samples=2000).model_dump()
     return RunConfig.model_validate(cfg)
