@@ -17,7 +17,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from nepa.compare.runner import RUN_STATE, Comparison, run_summary  # noqa: E402
 
-TRAIN_FIGURES = ("final_loss", "eff_rank", "std_x_sqrt_d", "samples_per_s", "train_seconds")
+TRAIN_FIGURES = (
+    "final_loss",
+    "eff_rank",
+    "std_x_sqrt_d",
+    "samples_per_s",
+    "train_seconds",
+    "train_flops",
+)
 
 
 def collect(comp: Comparison) -> list[dict]:
@@ -47,7 +54,14 @@ def collect(comp: Comparison) -> list[dict]:
 
 
 def metric_columns(comp: Comparison) -> list[str]:
-    return [*(f"{k}_top1" for k in comp.plan.eval_keys()), "final_loss", "eff_rank", "std_x_sqrt_d"]
+    return [
+        *(f"{k}_top1" for k in comp.plan.eval_keys()),
+        "final_loss",
+        "eff_rank",
+        "std_x_sqrt_d",
+        "train_flops",
+        "train_seconds",
+    ]
 
 
 def aggregate(comp: Comparison, rows: list[dict]) -> list[dict]:
@@ -102,18 +116,26 @@ def _fmt(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
     return text + (f" ± {stat['std'] * scale:.{digits}f}" if stat["n"] > 1 else "")
 
 
+def _mean(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if stat["mean"] is None else f"{stat['mean'] * scale:.{digits}f}"
+
+
 def markdown(comp: Comparison, cells: list[dict]) -> str:
     plan, base = comp.plan, comp.base
     labels = [label for label, _ in plan.cells[0].choices] if plan.cells else []
     evals = plan.eval_keys()
     head = [*labels, "seeds", *(f"{e} top-1 %" for e in evals), "final loss", "eff. rank", "std·√D"]
+    head += ["train PFLOP", "train s"]
     lines = [
         f"# nepa compare: {_shown(plan.recipe)}",
         "",
         f"Budget per run: {base.train.steps} steps of batch {base.train.batch_size} "
         f"({base.train.steps * base.train.batch_size:,} samples); seeds {list(plan.seeds)}; "
         f"--set {' '.join(plan.overrides) or '(none)'}. Mean ± sample std over seeds. "
-        "Eff. rank and std·√D describe the last monitored predictions (collapse: both fall).",
+        "Eff. rank and std·√D describe the last monitored predictions (collapse: both fall). "
+        "Train PFLOP: training FLOPs of the run (forward and backward of everything the "
+        "objective runs, counted by torch's FlopCounterMode on the first step); train s: "
+        "its wall time.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -122,6 +144,7 @@ def markdown(comp: Comparison, cells: list[dict]) -> str:
         vals = [c[label] for label in labels] + [str(c["runs"])]
         vals += [_fmt(c[f"{e}_top1"], 100) for e in evals]
         vals += [_fmt(c["final_loss"], 1, 4), _fmt(c["eff_rank"], 1, 1), _fmt(c["std_x_sqrt_d"])]
+        vals += [_mean(c["train_flops"], 1e-15, 3), _mean(c["train_seconds"], 1, 0)]
         lines.append("| " + " | ".join(vals) + " |")
     lines += ["", *spread_notes(cells, evals), ""]
     return "\n".join(lines)

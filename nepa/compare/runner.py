@@ -200,10 +200,12 @@ def run_summary(rd: Path) -> dict:
     losses = [r["loss"] for r in rows if "loss" in r]
     rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
     monitor = [r for r in rows if "collapse/eff_rank" in r]
+    flops = [r["train_flops"] for r in rows if "train_flops" in r]
     return {
         "final_loss": statistics.fmean(losses[-3:]) if losses else None,
         "samples_per_s": statistics.median(rates) if rates else None,
         "eff_rank": monitor[-1]["collapse/eff_rank"] if monitor else None,
         "std_x_sqrt_d": monitor[-1]["collapse/std_x_sqrt_d"] if monitor else None,
+        "train_flops": flops[-1] if flops else None,
         "curve": [(r["step"], r["loss"]) for r in rows if "loss" in r],
     }

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from nepa.batch import batch_size, to_device
@@ -120,6 +121,7 @@ class Trainer:
         self._restored_health: dict = {}
         self._saved_health: dict = {}
         self._metric_names: list[str] | None = None  # fixed by the objective's first step
+        self.flops_per_step: float | None = None  # counted on this start's first step
         self._resume: dict | None = None  # this start's resume: step, checkpoint, changes
         self._interrupts = 0
         self._pid = os.getpid()
@@ -336,6 +338,7 @@ class Trainer:
                     "grad_norm": grad_norm,
                     "samples_per_s": samples / dt,
                     "tokens_per_s": tokens / dt,
+                    "train_flops": self.flops_per_step * self.step,
                     **step_metrics,
                     **data_metrics,
                 }
@@ -369,7 +372,19 @@ class Trainer:
 
     def _accumulate(self, batches) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Forward/backward over ``accum`` micro-batches; returns (mean loss, the mean of each
-        metric the objective returned (in ``self._metric_names`` order), samples)."""
+        metric the objective returned (in ``self._metric_names`` order), samples). The first
+        step of each start is counted by torch's FlopCounterMode: the step's training FLOPs
+        (forward and backward, everything the objective runs, e.g. JEPA's EMA target), over all
+        ranks, logged as ``train_flops`` (cumulative) so runs compare at equal compute."""
+        if self.flops_per_step is not None:
+            return self._micro_batches(batches)
+        with FlopCounterMode(display=False) as counter:
+            out = self._micro_batches(batches)
+        self.flops_per_step = float(counter.get_total_flops()) * self.env.world
+        log.info("training FLOPs per step: %.4g (counted on the first step)", self.flops_per_step)
+        return out
+
+    def _micro_batches(self, batches) -> tuple[torch.Tensor, torch.Tensor, int]:
         accum, dev = self.cfg.train.accum, self.env.device
         chunk = self.cfg.train.batch_size // accum  # samples per micro-step over all ranks
         total, sums, n = torch.zeros((), device=dev), None, 0

@@ -106,7 +106,9 @@ def test_a_resume_after_a_hard_kill_logs_each_step_once(tmp_path: Path) -> None:
 
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    # each step once; event files are read in name order, which for two runs in one process
+    # within one second need not be the order they ran in
+    assert sorted(e.step for e in acc.Scalars("train/loss")) == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.parametrize("where", ["file", "read_only"])
