@@ -1,9 +1,11 @@
-"""``nepa compare RECIPE --vary KEY=V1,V2 [--vary ...] [--ablate KEY=V ...] [--seeds N]
-[--eval knn,linear] [--random-init] --out DIR``.
+"""``nepa compare RECIPE [RECIPE ...] --vary KEY=V1,V2 [--vary ...] [--ablate KEY=V ...]
+[--seeds N] [--eval knn,linear] [--random-init] [--equal-flops] --out DIR``.
 
 Trains the recipe once per (cell, seed), evaluates each run, and writes results.csv,
-results.json, results.md, loss.png and accuracy.png to DIR. Rerunning the same command resumes:
-finished runs and evaluations are not redone.
+results.json, results.md, loss.png and accuracy.png to DIR. Several recipes are an axis of the
+grid (e.g. NEPA, JEPA and the token baseline at one model size); ``--equal-flops`` sets each
+one's train.steps so that its training FLOPs equal the first recipe's. Rerunning the same
+command resumes: finished runs and evaluations are not redone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("recipe", help="MODULE_OR_FILE:FUNCTION, e.g. recipes.cifar10:nepa_tiny")
+    p.add_argument(
+        "recipes",
+        nargs="+",
+        metavar="recipe",
+        help="MODULE_OR_FILE:FUNCTION, e.g. recipes.cifar10:nepa_tiny; several: one axis of cells",
+    )
     p.add_argument(
         "--vary",
         action="append",
@@ -54,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also evaluate each run's architecture at its seeded random init (columns <eval>@init)",
     )
     add_overrides(p, "--set train.steps=500 (applied to every cell)")
+    p.add_argument(
+        "--equal-flops",
+        action="store_true",
+        help="set each recipe's train.steps so its training FLOPs (measured on a few steps) "
+        "equal the first recipe's",
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory (resumable)")
     p.add_argument("--progress", action="store_true", help="show a progress bar per run")
     p.set_defaults(func=run)
@@ -63,24 +76,39 @@ def run(args: argparse.Namespace) -> int:
     from nepa.compare.grid import cells, parse_ablation, parse_vary
     from nepa.compare.report import write_report
     from nepa.compare.runner import Comparison, Plan, check_plan
-    from nepa.config import ConfigError, load_recipe
+    from nepa.config import ConfigError, apply_overrides, load_recipe
     from nepa.train.checkpoint import CheckpointError
 
     try:
         if args.seeds < 1:
             raise ConfigError("--seeds must be at least 1")
-        base, canonical = load_recipe(args.recipe, args.overrides)
+        bases = {}
+        for spec in args.recipes:
+            cfg, canonical = load_recipe(spec, args.overrides)
+            if canonical in bases:
+                raise ConfigError(f"recipe {spec} is given twice")
+            bases[canonical] = cfg
+        if args.equal_flops:
+            if len(bases) < 2:
+                raise ConfigError("--equal-flops needs two or more recipes to equalise")
+            from nepa.compare.flops import equal_flops_steps
+
+            steps = equal_flops_steps(bases, log=log.info)
+            bases = {s: apply_overrides(c, [f"train.steps={steps[s]}"]) for s, c in bases.items()}
+        base = next(iter(bases.values()))
         varies = [parse_vary(v, base) for v in args.vary]
         ablations = [parse_ablation(a, base) for a in args.ablate]
         plan = Plan(
-            recipe=canonical,
+            recipe=next(iter(bases)),
             overrides=tuple(args.overrides),
-            cells=tuple(cells(varies, ablations)),
+            cells=tuple(cells(varies, ablations, list(bases))),
             seeds=tuple(range(args.seeds)),
             evals=tuple(e.strip() for e in args.eval.split(",") if e.strip()),
             random_init=args.random_init,
+            recipes=tuple(bases) if len(bases) > 1 else (),
+            equal_flops=args.equal_flops,
         )
-        comp = Comparison(plan, base, args.out, progress=args.progress)
+        comp = Comparison(plan, bases, args.out, progress=args.progress)
         check_plan(args.out, plan)
     except ConfigError as e:
         print(f"nepa compare: {e}", file=sys.stderr)

@@ -33,7 +33,14 @@ class Cell:
 
     def overrides(self) -> list[str]:
         pairs = [_split_change(v) if label == CHANGE else (label, v) for label, v in self.choices]
-        return [f"{k}={v}" for label, v in pairs if label for k in label.split("+")]
+        return [
+            f"{k}={v}" for label, v in pairs if label and label != RECIPE for k in label.split("+")
+        ]
+
+    @property
+    def recipe(self) -> str | None:
+        """The cell's recipe when the comparison has several (the ``recipe`` axis)."""
+        return dict(self.choices).get(RECIPE)
 
     @property
     def name(self) -> str:
@@ -44,6 +51,8 @@ class Cell:
                 label, v = _split_change(v)
                 if not label:
                     continue
+            if label == RECIPE:  # the recipe's function name
+                v = v.rpartition(":")[2]
             short = label.split("+")[0].rsplit(".", 1)[-1] if self.short else label
             parts.append(f"{short}={v}")
         return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", "_".join(parts)) or "base"
@@ -53,6 +62,7 @@ class Cell:
 
 
 CHANGE = "change"  # the axis of --ablate: "none" (the recipe as is) or one "KEY=VALUE" change
+RECIPE = "recipe"  # the axis of several recipes compared: values are canonical recipe specs
 
 
 def _split_change(value: str) -> tuple[str, str]:
@@ -135,8 +145,13 @@ def parse_ablation(text: str, cfg: RunConfig) -> str:
     return f"{vary.label}={vary.values[0]}"
 
 
-def cells(varies: list[Vary], ablations: list[str] | None = None) -> list[Cell]:
-    """The product of the --vary axes, times (the recipe as is + each --ablate change)."""
+def cells(
+    varies: list[Vary], ablations: list[str] | None = None, recipes: list[str] | None = None
+) -> list[Cell]:
+    """The product of the recipes (when several), the --vary axes, and (the recipe as is + each
+    --ablate change)."""
+    if recipes and len(recipes) > 1:
+        varies = [Vary((RECIPE,), tuple(recipes)), *varies]
     if ablations:
         varies = [*varies, Vary((CHANGE,), ("none", *ablations))]
     labels = [v.label for v in varies]
@@ -150,8 +165,10 @@ def cells(varies: list[Vary], ablations: list[str] | None = None) -> list[Cell]:
     return grid
 
 
-def cell_config(base: RunConfig, cell: Cell, seed: int) -> RunConfig:
-    """The cell's validated config at ``seed``; errors name the cell."""
+def cell_config(bases: dict[str, RunConfig], cell: Cell, seed: int) -> RunConfig:
+    """The cell's validated config at ``seed`` (from its recipe's base config, or the only one);
+    errors name the cell."""
+    base = bases[cell.recipe] if cell.recipe else next(iter(bases.values()))
     try:
         return apply_overrides(base, [*cell.overrides(), f"seed={seed}"])
     except ConfigError as e:

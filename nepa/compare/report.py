@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from nepa.compare.grid import RECIPE  # noqa: E402
 from nepa.compare.runner import RUN_STATE, Comparison, run_summary  # noqa: E402
 
 TRAIN_FIGURES = (
@@ -116,24 +117,29 @@ def _fmt(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
     return text + (f" ± {stat['std'] * scale:.{digits}f}" if stat["n"] > 1 else "")
 
 
-def _mean(stat: dict, scale: float = 1.0, digits: int = 2) -> str:
-    return "-" if stat["mean"] is None else f"{stat['mean'] * scale:.{digits}f}"
+def _mean(stat: dict, digits: int = 2, style: str = "f") -> str:
+    return "-" if stat["mean"] is None else f"{stat['mean']:.{digits}{style}}"
 
 
 def markdown(comp: Comparison, cells: list[dict]) -> str:
-    plan, base = comp.plan, comp.base
+    plan = comp.plan
     labels = [label for label, _ in plan.cells[0].choices] if plan.cells else []
     evals = plan.eval_keys()
     head = [*labels, "seeds", *(f"{e} top-1 %" for e in evals), "final loss", "eff. rank", "std·√D"]
-    head += ["train PFLOP", "train s"]
+    head += ["train FLOPs", "train s"]
+    budgets = "; ".join(
+        f"{_shown(spec)}: {cfg.train.steps} steps of batch {cfg.train.batch_size} "
+        f"({cfg.train.steps * cfg.train.batch_size:,} samples)"
+        for spec, cfg in comp.bases.items()
+    )
+    equal = " (steps set for equal training FLOPs)" if plan.equal_flops else ""
     lines = [
-        f"# nepa compare: {_shown(plan.recipe)}",
+        f"# nepa compare: {' vs '.join(_shown(r) for r in plan.all_recipes)}",
         "",
-        f"Budget per run: {base.train.steps} steps of batch {base.train.batch_size} "
-        f"({base.train.steps * base.train.batch_size:,} samples); seeds {list(plan.seeds)}; "
+        f"Budget per run: {budgets}{equal}; seeds {list(plan.seeds)}; "
         f"--set {' '.join(plan.overrides) or '(none)'}. Mean ± sample std over seeds. "
         "Eff. rank and std·√D describe the last monitored predictions (collapse: both fall). "
-        "Train PFLOP: training FLOPs of the run (forward and backward of everything the "
+        "Train FLOPs: training FLOPs of the run (forward and backward of everything the "
         "objective runs, counted by torch's FlopCounterMode on the first step); train s: "
         "its wall time.",
         "",
@@ -141,10 +147,11 @@ def markdown(comp: Comparison, cells: list[dict]) -> str:
         "|" + "---|" * len(head),
     ]
     for c in cells:
-        vals = [c[label] for label in labels] + [str(c["runs"])]
+        vals = [_shown(c[label]) if label == RECIPE else c[label] for label in labels]
+        vals.append(str(c["runs"]))
         vals += [_fmt(c[f"{e}_top1"], 100) for e in evals]
         vals += [_fmt(c["final_loss"], 1, 4), _fmt(c["eff_rank"], 1, 1), _fmt(c["std_x_sqrt_d"])]
-        vals += [_mean(c["train_flops"], 1e-15, 3), _mean(c["train_seconds"], 1, 0)]
+        vals += [_mean(c["train_flops"], digits=3, style="g"), _mean(c["train_seconds"], digits=1)]
         lines.append("| " + " | ".join(vals) + " |")
     lines += ["", *spread_notes(cells, evals), ""]
     return "\n".join(lines)

@@ -34,12 +34,18 @@ PLAN = "plan.json"
 
 @dataclass(frozen=True)
 class Plan:
-    recipe: str  # canonical MODULE_OR_FILE:FUNCTION
+    recipe: str  # canonical MODULE_OR_FILE:FUNCTION (the first, when several are compared)
     overrides: tuple[str, ...]  # --set, applied to every cell
     cells: tuple[Cell, ...]
     seeds: tuple[int, ...]
     evals: tuple[str, ...]
     random_init: bool  # also evaluate each run's architecture at its seeded random init
+    recipes: tuple[str, ...] = ()  # every recipe compared (the ``recipe`` axis), when several
+    equal_flops: bool = False  # each recipe's train.steps set to the first recipe's FLOPs
+
+    @property
+    def all_recipes(self) -> list[str]:
+        return list(self.recipes) or [self.recipe]
 
     def runs(self) -> list[tuple[Cell, int]]:
         return [(c, s) for c in self.cells for s in self.seeds]
@@ -55,14 +61,17 @@ def check_plan(out: Path, plan: Plan) -> None:
     file = out / PLAN
     if file.is_file():
         old = json.loads(file.read_text())
-        if old["recipe"] != plan.recipe or old["overrides"] != list(plan.overrides):
+        old_recipes = old.get("recipes") or [old["recipe"]]
+        if old_recipes != plan.all_recipes or old["overrides"] != list(plan.overrides):
             raise ConfigError(
-                f"{out} holds a comparison of {old['recipe']} with --set {old['overrides']}; "
-                "use another --out for a different recipe or --set"
+                f"{out} holds a comparison of {', '.join(old_recipes)} with --set "
+                f"{old['overrides']}; use another --out for different recipes or --set"
             )
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "recipe": plan.recipe,
+        "recipes": plan.all_recipes,
+        "equal_flops": plan.equal_flops,
         "overrides": list(plan.overrides),
         "cells": [c.as_dict() for c in plan.cells],
         "seeds": list(plan.seeds),
@@ -90,8 +99,18 @@ def changed(old: dict, new: dict) -> list[str]:
 
 
 class Comparison:
-    def __init__(self, plan: Plan, base: RunConfig, out: Path, *, progress: bool = False):
-        self.plan, self.base, self.out, self.progress = plan, base, out, progress
+    def __init__(
+        self,
+        plan: Plan,
+        base: RunConfig | dict[str, RunConfig],
+        out: Path,
+        *,
+        progress: bool = False,
+    ):
+        """``base``: the recipe's config, or each recipe's (by canonical spec) when several."""
+        bases = base if isinstance(base, dict) else {plan.recipe: base}
+        self.plan, self.bases, self.out, self.progress = plan, bases, out, progress
+        self.base = bases[plan.recipe]
         self._splits: dict[str, tuple] = {}
         from nepa.eval.run import PROTOCOLS
 
@@ -100,7 +119,7 @@ class Comparison:
         if unknown:
             raise ConfigError(f"unknown --eval {unknown}; valid: {', '.join(self._protocols)}")
         # Every cell's config is built before anything runs: a bad value fails now, not later.
-        self.configs = {(c, s): cell_config(base, c, s) for c, s in plan.runs()}
+        self.configs = {(c, s): cell_config(bases, c, s) for c, s in plan.runs()}
 
     def run_dir(self, cell: Cell, seed: int) -> Path:
         return self.out / "runs" / f"{cell.name}-s{seed}"
@@ -119,7 +138,7 @@ class Comparison:
     def run_one(self, cell: Cell, seed: int) -> bool:
         cfg, rd = self.configs[(cell, seed)], self.run_dir(cell, seed)
         state = self._state(rd, cfg)
-        if not (rd / WEIGHTS).is_file() and not self._train(cfg, rd, state):
+        if not (rd / WEIGHTS).is_file() and not self._train(cfg, rd, state, cell):
             return False
         for key in self.plan.eval_keys():
             if key not in state["evals"]:
@@ -152,7 +171,7 @@ class Comparison:
     def _save(self, rd: Path, state: dict) -> None:
         atomic_write_text(rd / RUN_STATE, json.dumps(state, indent=2) + "\n")
 
-    def _train(self, cfg: RunConfig, rd: Path, state: dict) -> bool:
+    def _train(self, cfg: RunConfig, rd: Path, state: dict, cell: Cell) -> bool:
         resume = bool(list_checkpoints(rd / "checkpoints"))
         rd.mkdir(parents=True, exist_ok=True)
         self._save(rd, state)
@@ -161,7 +180,7 @@ class Comparison:
         result = train(
             cfg,
             rd,
-            recipe=self.plan.recipe,
+            recipe=cell.recipe or self.plan.recipe,
             resume=resume,
             progress=self.progress,
             overwrite=not resume,

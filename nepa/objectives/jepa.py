@@ -271,7 +271,7 @@ class Jepa(Objective):
             var = F.relu(1.0 - torch.sqrt(p_all.float().var(0) + 1e-4)).mean()
             loss = loss + self.cfg.var_weight * var
             metrics["var_hinge"] = var.detach()
-        self.collapse.observe(p_all[None], None)
+        self.collapse.observe(p_all[:, None], None)  # (N, 1, D): one row per prediction
         return loss, metrics
 
     def predict(self, ctx, c_pos, c_keep, t_pos, t_keep, coords, grid) -> torch.Tensor:

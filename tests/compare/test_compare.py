@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_recipe import TINY_RECIPE, tiny
+from tiny_recipe import TINY_RECIPE, jepa_tiny, tiny, token_tiny
 from torchvision.io import decode_png
 
 import nepa.compare.runner as runner
 from nepa.cli import main
+from nepa.compare.flops import step_flops
 from nepa.compare.grid import Vary, cells, check_key, parse_ablation, parse_vary, split_values
 from nepa.compare.report import seed_stats, spread_notes
-from nepa.config import ConfigError
+from nepa.config import ConfigError, apply_overrides
 
 GRID = [
     "--vary",
@@ -216,3 +217,34 @@ def test_a_finished_run_is_reused_only_across_keys_without_effect_on_training() 
     # keys a resume may change after a stop still change what is learned
     for other in ("optim.lr=1e-4", "optim.clip_grad=0.5", "data.path=/elsewhere.npz"):
         assert runner.changed(base, runner.train_part(tiny_with(other))), other
+
+
+def test_several_recipes_at_equal_training_flops(tmp_path) -> None:
+    """NEPA, JEPA and the token baseline on one grid; --equal-flops gives each the steps that
+    make its training FLOPs the first recipe's (within a step), and the table says so."""
+    recipes = [
+        TINY_RECIPE,
+        TINY_RECIPE.replace(":tiny", ":jepa_tiny"),
+        TINY_RECIPE.replace(":tiny", ":token_tiny"),
+    ]
+    out = tmp_path / "cmp"
+    argv = ["compare", *recipes, "--equal-flops", "--set", "train.steps=4", "--out", str(out)]
+    assert main(argv) == 0
+    rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
+    assert [r["cell"] for r in rows] == ["recipe=tiny", "recipe=jepa_tiny", "recipe=token_tiny"]
+    per_step = {
+        name: step_flops(apply_overrides(fn(), ["train.steps=4"]))
+        for name, fn in (("tiny", tiny), ("jepa_tiny", jepa_tiny), ("token_tiny", token_tiny))
+    }
+    budget = 4 * per_step["tiny"]
+    for r in rows:
+        name = r["cell"].split("=")[1]
+        steps = int(r["steps"])
+        assert abs(steps * per_step[name] - budget) <= per_step[name]  # equal, to one step
+        assert float(r["train_flops"]) > 0
+    assert int(rows[1]["steps"]) < 4  # JEPA's step costs more than NEPA's
+    md = (out / "results.md").read_text()
+    assert "vs" in md and "equal training FLOPs" in md and "| tests/" not in md.split("|---")[0]
+    # the same command resumes; another set of recipes in that --out is refused
+    assert main(argv) == 0
+    assert main(["compare", *recipes[:2], "--out", str(out)]) == 2

@@ -143,3 +143,11 @@ def test_fine_tuning_trains_a_copy_of_the_ema_target(setup) -> None:
     trainable = [n for n, p in clf.named_parameters() if p.requires_grad]
     assert any(".blocks." in n for n in trainable)  # the transformer trains
     assert not any(p.requires_grad for p in objective.target_predictor.parameters())  # untouched
+
+
+def test_collapse_monitor_reads_the_predictions(setup) -> None:
+    _, objective, batch = setup
+    _step(objective, batch)
+    stats = objective.monitor(2)  # monitor_every=2 in jepa_tiny
+    assert stats and all(v == v for v in stats.values())  # finite, no NaN
+    assert 0 < stats["collapse/std_x_sqrt_d"] and stats["collapse/eff_rank"] > 1
