@@ -83,3 +83,14 @@ raw = json.loads((dir / "raw_input_knn_direction.json").read_text())
 print(f"\nkNN on the raw pixels: {100 * raw['top1']:.2f}")
 PY
 fi
+
+# NEPA against JEPA and the discrete next-token baseline at equal training FLOPs (issue 13).
+if [[ $table == all || $table == fsdd-objectives ]]; then
+  $NEPA compare recipes/fsdd.py:tiny recipes/fsdd.py:jepa_tiny recipes/fsdd.py:token_tiny \
+    --equal-flops --seeds 3 --eval knn,linear --random-init --out "$OUT/fsdd-objectives"
+fi
+if [[ $table == all || $table == cifar10-objectives ]]; then
+  $NEPA compare recipes/cifar10.py:nepa_tiny recipes/cifar10.py:jepa_tiny \
+    recipes/cifar10.py:token_tiny --equal-flops --seeds 3 --eval knn,linear,attentive \
+    --random-init --out "$OUT/cifar10-objectives"
+fi
