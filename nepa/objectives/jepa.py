@@ -23,6 +23,7 @@ import copy
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt, model_validator
@@ -124,6 +125,12 @@ class JepaConfig(ObjectiveConfig):
             check_blocks(grid, targets, context, self.min_keep)
 
 
+def sample_seed(step_seed: int, index: int) -> int:
+    """The seed of global sample ``index``'s masks at a step: distinct for every (step, index)
+    pair and within a generator's seed range, whatever the run seed."""
+    return int(np.random.SeedSequence([step_seed, index]).generate_state(1, np.uint64)[0])
+
+
 def regression_loss(kind: str, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Elementwise loss averaged over the feature dim: (..., D) -> (...)."""
     if kind == "smooth_l1":
@@ -201,7 +208,7 @@ class Jepa(Objective):
     def draw_masks(self, batch: int) -> list[Masks]:
         shape_gen = torch.Generator().manual_seed(self.step_seed)
         gens = [
-            torch.Generator().manual_seed(self.step_seed * 1_000_003 + self.first + i)
+            torch.Generator().manual_seed(sample_seed(self.step_seed, self.first + i))
             for i in range(batch)
         ]
         out = []

@@ -151,3 +151,16 @@ def test_collapse_monitor_reads_the_predictions(setup) -> None:
     stats = objective.monitor(2)  # monitor_every=2 in jepa_tiny
     assert stats and all(v == v for v in stats.values())  # finite, no NaN
     assert 0 < stats["collapse/std_x_sqrt_d"] and stats["collapse/eff_rank"] > 1
+
+
+def test_masks_draw_with_any_run_seed() -> None:
+    from nepa.objectives.jepa import sample_seed
+    from nepa.train.trainer import step_seed
+
+    cfg = apply_overrides(jepa_tiny(), ["seed=123456789012"])
+    objective = build_objective(cfg)
+    objective.on_step_start(7, step_seed(cfg.seed, 7))
+    objective.on_micro_batch(3)
+    assert objective.draw_masks(4)[0].targets.shape[0] == 4
+    seeds = {sample_seed(s, i) for s in range(50) for i in range(50)}
+    assert len(seeds) == 2500  # no two (step, sample) pairs share a seed
