@@ -23,7 +23,7 @@ from nepa.bench.loader import TARGET_VS_MODEL, rate
 from nepa.config import RunConfig
 from nepa.data.base import build_dataset
 from nepa.data.loader import train_loader
-from nepa.train.build import build_objective
+from nepa.train.build import initialized_objective
 from nepa.train.optim import build_optimizer
 
 
@@ -51,7 +51,7 @@ def _batches(cfg: RunConfig, dataset, workers: int):
 def step_rate(cfg: RunConfig, batch: dict, steps: int) -> float:
     """Training samples per second of the recipe's objective on one real batch."""
     torch.manual_seed(cfg.seed)
-    objective = build_objective(cfg)
+    objective = initialized_objective(cfg)
     optimizer = build_optimizer(objective.param_groups(cfg.optim), cfg.optim)
     times = []
     for i in range(steps + 2):

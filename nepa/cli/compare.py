@@ -91,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
         if args.equal_flops:
             if len(bases) < 2:
                 raise ConfigError("--equal-flops needs two or more recipes to equalise")
+            if args.vary or args.ablate:
+                raise ConfigError(
+                    "--equal-flops sets each recipe's steps from its own FLOPs; --vary and "
+                    "--ablate would change the compute of some cells: give the variants as "
+                    "recipes, or drop --equal-flops"
+                )
             from nepa.compare.flops import equal_flops_steps
 
             steps = equal_flops_steps(bases, log=log.info)

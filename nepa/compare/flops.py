@@ -10,21 +10,17 @@ change from step to step, so the figure is the mean over ``steps``.
 
 from __future__ import annotations
 
-from functools import partial
-
-from torch.utils.flop_counter import FlopCounterMode
-
 from nepa.config import RunConfig
-from nepa.data.base import build_dataset, sample_batches
+from nepa.data.base import build_dataset
 from nepa.data.loader import train_loader
-from nepa.train.build import build_objective
+from nepa.train.build import initialized_objective
+from nepa.train.flops import FlopCounterMode
 from nepa.train.trainer import step_seed
 
 
 def step_flops(cfg: RunConfig, steps: int = 3) -> float:
     """Mean training FLOPs of one optimizer step (all micro-batches, one process)."""
-    objective = build_objective(cfg)
-    objective.fit(partial(sample_batches, cfg.data))
+    objective = initialized_objective(cfg)
     objective.on_train_start(cfg.train.steps)
     t = cfg.train
     loader = iter(

@@ -51,8 +51,8 @@ class Cell:
                 label, v = _split_change(v)
                 if not label:
                     continue
-            if label == RECIPE:  # the recipe's function name
-                v = v.rpartition(":")[2]
+            if label == RECIPE:  # the recipe's function name (its file too, if names collide)
+                v = v.rpartition(":")[2] if self.short else _recipe_name(v)
             short = label.split("+")[0].rsplit(".", 1)[-1] if self.short else label
             parts.append(f"{short}={v}")
         return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", "_".join(parts)) or "base"
@@ -63,6 +63,13 @@ class Cell:
 
 CHANGE = "change"  # the axis of --ablate: "none" (the recipe as is) or one "KEY=VALUE" change
 RECIPE = "recipe"  # the axis of several recipes compared: values are canonical recipe specs
+
+
+def _recipe_name(spec: str) -> str:
+    """``path/to/cifar10.py:tiny`` -> ``cifar10.tiny`` (``module.path:tiny`` -> ``path.tiny``)."""
+    where, _, func = spec.rpartition(":")
+    stem = where.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".py").rsplit(".", 1)[-1]
+    return f"{stem}.{func}"
 
 
 def _split_change(value: str) -> tuple[str, str]:
@@ -162,6 +169,11 @@ def cells(
     shorts = {label.split("+")[0].rsplit(".", 1)[-1] for label in labels}
     if len(shorts) < len(labels) or len({c.name for c in grid}) < len(grid):
         grid = [Cell(c.choices, short=False) for c in grid]
+    if len({c.name for c in grid}) < len(grid):
+        raise ConfigError(
+            f"two cells would share a run directory ({', '.join(c.name for c in grid)}): "
+            "compare recipes whose file or function names differ"
+        )
     return grid
 
 

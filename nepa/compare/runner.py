@@ -21,7 +21,7 @@ from nepa.config import ConfigError, RunConfig
 from nepa.device import pick_device
 from nepa.eval.load import WEIGHTS, load_weights
 from nepa.io import atomic_write_text
-from nepa.train.build import build_objective
+from nepa.train.build import build_objective, initialized_objective
 from nepa.train.checkpoint import list_checkpoints
 from nepa.train.resume import NO_EFFECT_ON_TRAINING, flatten
 from nepa.train.rundir import read_metrics
@@ -194,7 +194,8 @@ class Comparison:
 
     def _evaluate(self, cfg: RunConfig, rd: Path, key: str) -> dict:
         name, _, init = key.partition("@")
-        objective = build_objective(cfg)  # seeded: this is the random-init baseline as built
+        # seeded: the random-init baseline is the objective as a fresh run starts it
+        objective = initialized_objective(cfg) if init else build_objective(cfg)
         if not init:
             objective.load_state_dict(load_weights(rd))
         device = pick_device("cpu" if cfg.train.device == "cpu" else "auto")

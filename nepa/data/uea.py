@@ -136,7 +136,13 @@ class UeaSeries(Dataset):
         idx = idx[cfg.pick(labels[idx], split)]
         ok = x_train[np.isfinite(x_train).all(axis=(1, 2))].astype(np.float64)
         self.mean = ok.mean(axis=(0, 2)).astype(np.float32)[:, None]  # (C, 1)
-        self.std = ok.std(axis=(0, 2)).astype(np.float32)[:, None]
+        std = ok.std(axis=(0, 2))
+        if (std == 0).any():
+            raise ValueError(
+                f"{cfg.name}: channel(s) {np.flatnonzero(std == 0).tolist()} are constant over "
+                "the train split: nothing to standardise them by; drop them from the files"
+            )
+        self.std = std.astype(np.float32)[:, None]
         self.normalization = {
             "field": "signal",
             "mean": self.mean[:, 0].tolist(),

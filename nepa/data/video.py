@@ -13,7 +13,9 @@ Labels for evaluation (``label``):
 - ``pair``: the unordered pair of digit classes, ``{a, b}`` with ``a <= b``: 55 classes
   (``"0+0"``, ``"0+1"``, ..., ``"9+9"``).
 - ``direction``: the first digit's initial direction of motion, to the nearest of 8 compass
-  directions on the screen (``E, NE, N, NW, W, SW, S, SE``; north is up).
+  directions on the screen (``E, NE, N, NW, W, SW, S, SE``; north is up). The first digit is
+  the one further left in the first frame (the higher one on a tie), so the label is visible in
+  the video: "the first digit drawn" would not be, as both are drawn alike.
 
 A sample is ``{"video": (1, frames, size, size) float32, "label": () int64}``, pixels scaled to
 [0, 1] and standardised by the mean and std of the first 256 train videos (stored in the run
@@ -63,8 +65,16 @@ class MovingMnistConfig(SubsetConfig):
 
     @model_validator(mode="after")
     def _check(self) -> MovingMnistConfig:
-        if self.size < DIGIT:
-            raise ValueError(f"size={self.size} is smaller than an MNIST digit ({DIGIT} pixels)")
+        if self.size <= DIGIT:
+            raise ValueError(
+                f"size={self.size} leaves an MNIST digit ({DIGIT} pixels) no room to move: "
+                f"use a size above {DIGIT}"
+            )
+        if self.speed >= self.size - DIGIT:
+            raise ValueError(
+                f"speed={self.speed} pixels per frame is not below the room a digit has to move "
+                f"in ({self.size - DIGIT} = size - {DIGIT}): lower the speed or raise the size"
+            )
         if self.label == "pair" and self.digits != 2:
             raise ValueError(f"label 'pair' needs digits=2, got digits={self.digits}")
         return self
@@ -122,7 +132,10 @@ class Trajectories:
             # index of (lo, hi) among combinations_with_replacement(range(10), 2)
             self.labels = lo * 10 - lo * (lo - 1) // 2 + (hi - lo)
         else:
-            self.labels = np.round(self.angle[:, 0] / (np.pi / 4)).astype(np.int64) % 8
+            # the first digit: leftmost in frame 0 (start column), then the higher one (row)
+            first = np.lexsort((self.start[:, :, 0].T, self.start[:, :, 1].T), axis=0)[0]
+            angle = self.angle[np.arange(n), first]
+            self.labels = np.round(angle / (np.pi / 4)).astype(np.int64) % 8
 
     def __len__(self) -> int:
         return len(self.digit)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import nepa
 from nepa.config import ConfigError, RunConfig, resolve_recipe, validate
 from nepa.objectives.base import Objective
-from nepa.train.build import build_objective
+from nepa.train.build import build_objective, initialized_objective
 from nepa.train.checkpoint import checkpoint_step, list_checkpoints, load_checkpoint
 from nepa.train.rundir import CONFIG, read_meta
 
@@ -164,7 +164,8 @@ def load_run(
     ``recipe`` replaces the recipe the run recorded (one that moved)."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, recipe)
-    objective = build_objective(cfg)
+    # random init: what a fresh run has before its first step (data-fitted parts included)
+    objective = initialized_objective(cfg) if random_init else build_objective(cfg)
     if not random_init:
         state = load_weights(run_dir)
         try:

@@ -61,6 +61,12 @@ class JepaConfig(ObjectiveConfig):
     masks: Literal["auto", "blocks", "tubes", "spans"] = Field(
         "auto", description="auto: spans on 1-D grids, blocks on 2-D, tubes on 3-D"
     )
+    time_axis: int = Field(
+        0,
+        ge=0,
+        description="the grid axis that is time: spans run along it, tubes through it "
+        "(0 for spectrograms and video; 1 for channel-independent sensor grids)",
+    )
     predictor_depth: PositiveInt = 6
     predictor_dim: PositiveInt | None = Field(None, description="None: half the encoder's width")
     predictor_heads: PositiveInt | None = Field(None, description="None: the encoder's heads")
@@ -87,22 +93,27 @@ class JepaConfig(ObjectiveConfig):
     def mask_kind(self, grid: tuple[int, ...]) -> str:
         if self.masks != "auto":
             return self.masks
+        if not 1 <= len(grid) <= 3:
+            raise ValueError(f"masks=auto knows 1-, 2- and 3-axis grids, not {grid}: set masks")
         return {1: "spans", 2: "blocks", 3: "tubes"}[len(grid)]
 
     def block_specs(self, grid: tuple[int, ...]) -> list[tuple[BlockSpec, BlockSpec | None]]:
         """(targets, context) per mask set; context None: the complement of the targets."""
         kind = self.mask_kind(grid)
+        t = self.time_axis
+        if t >= len(grid):
+            raise ValueError(f"time_axis={t} is not an axis of the grid {grid}")
         if kind == "tubes":
             if len(grid) < 2:
                 raise ValueError(f"tubes need a grid of 2+ axes, got {grid}")
             rest = len(grid) - 1
             aspect = self.target_aspect if rest == 2 else (1.0, 1.0)
             return [
-                (BlockSpec(self.short_blocks, (self.short_scale,) * 2, aspect, (0,)), None),
-                (BlockSpec(self.long_blocks, (self.long_scale,) * 2, aspect, (0,)), None),
+                (BlockSpec(self.short_blocks, (self.short_scale,) * 2, aspect, (t,)), None),
+                (BlockSpec(self.long_blocks, (self.long_scale,) * 2, aspect, (t,)), None),
             ]
         if kind == "spans":
-            full = tuple(range(1, len(grid)))  # every axis but time
+            full = tuple(a for a in range(len(grid)) if a != t)  # every axis but time
             return [
                 (
                     BlockSpec(self.targets, self.target_scale, full_axes=full),
@@ -148,6 +159,10 @@ def _gather(x_BTD: torch.Tensor, pos_BK: torch.Tensor) -> torch.Tensor:
 class Jepa(Objective):
     def __init__(self, cfg: JepaConfig, *, encoder: Encoder, predictor: Predictor) -> None:
         super().__init__()
+        if not hasattr(encoder, "grid"):
+            raise ValueError(
+                f"encoder {type(encoder).__name__} has no token grid: JEPA places its masks on it"
+            )
         if predictor.cfg.attn != "bidirectional" or predictor.has_start_token:
             raise ValueError(
                 "objective 'jepa' needs a bidirectional context encoder without a start token: "
@@ -245,7 +260,7 @@ class Jepa(Objective):
             if tok.keep is None
             else tok.keep
         )
-        losses, preds = [], []
+        losses, preds, usable = [], [], []
         for m in self.draw_masks(B):
             m = Masks(
                 *(
@@ -269,11 +284,19 @@ class Jepa(Objective):
             err = regression_loss(self.cfg.loss, p.float(), t)  # (B, N, Kt)
             w = t_keep.float()
             per_sample = (err * w).sum((1, 2)) / w.sum((1, 2)).clamp_min(1.0)  # (B,)
-            losses.append(per_sample.mean())
+            # Masks are placed on the grid, not on each sample's real extent: a padded sample
+            # may get no real target or no real context. It adds nothing, and the sum is over
+            # the micro-batch's B samples, so every split of the global batch gives one loss.
+            valid = (t_keep.flatten(1).any(1) & c_keep.any(1)).float()
+            losses.append((per_sample * valid).sum() / B)
+            usable.append(valid.mean())
             preds.append(p[t_keep])
         loss = torch.stack(losses).mean()
         p_all = torch.cat(preds)  # (n, D) real predictions
-        metrics: dict[str, torch.Tensor | float] = {"tokens": float(real.sum())}
+        metrics: dict[str, torch.Tensor | float] = {
+            "tokens": float(real.sum()),
+            "jepa/usable": torch.stack(usable).mean().detach(),  # samples with real targets
+        }
         if self.cfg.var_weight:
             var = F.relu(1.0 - torch.sqrt(p_all.float().var(0) + 1e-4)).mean()
             loss = loss + self.cfg.var_weight * var

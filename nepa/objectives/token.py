@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from nepa.batch import Batch
+from nepa.batch import Batch, to_device
 from nepa.encoders.base import Encoder
 from nepa.objectives.backbone import TokenBackbone
 from nepa.objectives.base import OBJECTIVES, Objective, ObjectiveConfig
@@ -78,6 +78,11 @@ class TokenObjective(Objective):
     def __init__(self, cfg: TokenConfig, *, encoder: Encoder, predictor: Predictor) -> None:
         super().__init__()
         self.cfg = cfg
+        if not hasattr(encoder, "patch_dim"):
+            raise ValueError(
+                f"encoder {type(encoder).__name__} does not give raw patches (no patch_dim and "
+                "patches()): the token objective needs them"
+            )
         self.meta = {
             "codes": cfg.codes,
             "patch_dim": int(encoder.patch_dim),
@@ -104,9 +109,9 @@ class TokenObjective(Objective):
         ``fit_points`` of them, a seeded subset), unless a tokenizer file was given."""
         if bool(self.encoder.fitted):
             return
-        rows = []
+        rows, device = [], self.encoder.codebook.device
         for batch in samples(self.cfg.fit_samples, self.cfg.fit_seed):
-            raw = self.encoder.patcher.patches(batch)
+            raw = self.encoder.patcher.patches(to_device(batch, device))
             x = raw.emb if raw.keep is None else raw.emb[raw.keep]
             rows.append(x.reshape(-1, x.shape[-1]).float())
         x = torch.cat(rows)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 
 from nepa.config import RunConfig
+from nepa.data.base import sample_batches
 from nepa.encoders.base import build_encoder
 from nepa.objectives.base import OBJECTIVES, Objective
 from nepa.predictor.attention import ResolvedBackend
@@ -21,6 +23,14 @@ def build_objective(cfg: RunConfig) -> Objective:
     encoder = build_encoder(cfg.encoder, dim=cfg.predictor.dim, fields=cfg.data.fields)
     predictor = Predictor(cfg.predictor, n_axes=encoder.n_axes)
     return OBJECTIVES.get(cfg.objective.kind)(cfg.objective, encoder=encoder, predictor=predictor)
+
+
+def initialized_objective(cfg: RunConfig) -> Objective:
+    """The objective as a fresh run has it before its first step: built, then fitted to data
+    (``Objective.fit``: the token baseline's codebook). What evaluation "at random init" means."""
+    objective = build_objective(cfg)
+    objective.fit(partial(sample_batches, cfg.data))
+    return objective
 
 
 def place(objective: Objective, device: torch.device) -> ResolvedBackend:

@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from nepa.batch import batch_size, to_device
@@ -42,6 +41,7 @@ from nepa.train.distributed import (
     no_sync,
     wrap_model,
 )
+from nepa.train.flops import FlopCounterMode
 from nepa.train.optim import build_optimizer, schedule, set_lr
 from nepa.train.resume import resume_changes
 from nepa.train.rundir import (

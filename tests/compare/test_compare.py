@@ -248,3 +248,12 @@ def test_several_recipes_at_equal_training_flops(tmp_path) -> None:
     # the same command resumes; another set of recipes in that --out is refused
     assert main(argv) == 0
     assert main(["compare", *recipes[:2], "--out", str(out)]) == 2
+
+
+def test_equal_flops_refuses_vary_and_same_named_recipes_stay_apart(tmp_path, capsys) -> None:
+    recipes = [TINY_RECIPE, TINY_RECIPE.replace(":tiny", ":jepa_tiny")]
+    argv = ["compare", *recipes, "--equal-flops", "--vary", "predictor.depth=1,2"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "--vary and --ablate would change the compute" in capsys.readouterr().err
+    names = [c.name for c in cells([], None, ["/a/recipes/cifar10.py:tiny", "/b/fsdd.py:tiny"])]
+    assert names == ["recipe=cifar10.tiny", "recipe=fsdd.tiny"]

@@ -118,7 +118,9 @@ def test_dataset_samples_and_normalisation(mnist: Path) -> None:
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"size": 20}, "size=20 is smaller than an MNIST digit"),
+        ({"size": 20}, "size=20 leaves an MNIST digit"),
+        ({"size": 28}, "size=28 leaves an MNIST digit"),
+        ({"size": 32, "speed": 4.0}, "speed=4.0 pixels per frame is not below"),
         ({"digits": 3}, "label 'pair' needs digits=2"),
     ],
 )
@@ -205,3 +207,16 @@ def test_config_errors_name_both_numbers(override: str, message: str) -> None:
     cfg, _ = load_recipe(f"{RECIPES / 'moving_mnist.py'}:tiny")
     with pytest.raises(ConfigError, match=message):
         apply_overrides(cfg, [override])
+
+
+def test_direction_is_the_leftmost_digits(mnist: Path) -> None:
+    """With two digits the label follows the one further left in frame 0, visible in the video."""
+    t = Trajectories(_cfg(mnist, label="direction"), "train")
+    for i in range(len(t)):
+        (r0, c0), (r1, c1) = t.start[i]
+        k = 0 if (c0, r0) < (c1, r1) else 1
+        assert t.labels[i] == round(t.angle[i, k] / (math.pi / 4)) % 8
+    assert any(
+        round(t.angle[i, 0] / (math.pi / 4)) % 8 != round(t.angle[i, 1] / (math.pi / 4)) % 8
+        for i in range(len(t))
+    )  # the digits often move apart: which one is first matters

@@ -6,7 +6,7 @@ stored statistics only when they are the ones it needs:
 
 - ``image``: pixels scaled to [0, 1], per channel;
 - ``array``: the raw values per leading axis (a sensor window ``(C, L)``: per channel);
-  non-finite arrays are left out and counted (readers skip them);
+  non-finite arrays (and audio clips) are left out and counted (readers skip them);
 - ``audio``: the values of the audio SSL fbank at 16 kHz and 128 mel bins, one channel
   (AudioMAE's ``(fbank - mean) / (2 * std)``).
 """
@@ -39,8 +39,10 @@ def _array(arr: np.ndarray) -> torch.Tensor | None:
     return x.reshape(1, -1) if x.ndim < 2 else x.reshape(x.shape[0], -1)
 
 
-def _fbank(decoded: tuple[np.ndarray, int]) -> torch.Tensor:
+def _fbank(decoded: tuple[np.ndarray, int]) -> torch.Tensor | None:
     wave, rate = decoded
+    if not np.isfinite(wave).all():
+        return None  # readers skip it ("nonfinite"); one NaN would poison every other clip
     fb = front_end(wave, rate, SAMPLE_RATE, MEL_BINS)
     return torch.from_numpy(fb).reshape(1, -1).to(torch.float64)
 

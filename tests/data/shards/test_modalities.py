@@ -175,3 +175,20 @@ def test_moving_mnist_shards_read_back_as_the_generated_videos(
     for i in range(6):
         s = read[i]
         assert any(torch.allclose(s["video"], v, atol=1e-5) for v in by_label[int(s["label"])])
+
+
+def test_a_nan_clip_does_not_poison_the_fbank_statistics(tmp_path: Path) -> None:
+    import io
+
+    rate = 16000
+    samples = []
+    for i in range(4):
+        wave = _tone(0.4, rate, 300 + 50 * i)
+        if i == 2:
+            wave[100] = np.nan
+        buf = io.BytesIO()
+        sf.write(buf, wave, rate, format="WAV", subtype="FLOAT")
+        samples.append({"__key__": f"c{i}", "wav": buf.getvalue(), "cls": i % 2})
+    write_shards(iter(samples), tmp_path / "a", split="train", shard_size=4, modality="audio")
+    info = json.loads((tmp_path / "a" / "manifest.json").read_text())["splits"]["train"]
+    assert np.isfinite(info["mean"][0]) and np.isfinite(info["std"][0])
