@@ -66,10 +66,16 @@ def scan_coords(name: str, grid: Grid, seed: int = 0) -> np.ndarray:
     return np.stack(np.unravel_index(order, tuple(grid)), axis=-1).astype(np.int64)
 
 
-def check_scan(name: str) -> None:
-    """ValueError naming the known orders unless ``name`` is registered (for config checks)."""
+def check_scan(name: str, grid: Grid | None = None, seed: int = 0) -> None:
+    """ValueError naming the known orders unless ``name`` is registered (for config checks);
+    with ``grid``, also unless the order can read that grid (e.g. 1-D or 3-D axes)."""
     if name not in SCANS:
         raise ValueError(f"unknown scan order {name!r}; known: {', '.join(SCANS.names())}")
+    if grid is not None:
+        try:
+            scan_order(name, grid, seed)
+        except ValueError as e:
+            raise ValueError(f"encoder.scan={name!r}: {e}") from None
 
 
 def scanned_grid(name: str, grid: Grid, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

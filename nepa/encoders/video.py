@@ -20,7 +20,7 @@ from torch import nn
 from nepa.batch import Batch, FieldSpec, require_field
 from nepa.encoders.base import ENCODERS, EncoderConfig
 from nepa.encoders.patch import GridEncoder
-from nepa.encoders.scans import check_scan, scan_order
+from nepa.encoders.scans import check_scan
 from nepa.tokens import Tokens
 
 AXES = ("frames", "height", "width")
@@ -51,11 +51,7 @@ class VideoEncoderConfig(EncoderConfig):
                     f"{n} {axis} are not divisible by the tubelet's {k} (encoder.tubelet="
                     f"{list(self.tubelet)}): change the data's {axis} or the tubelet"
                 )
-        check_scan(self.scan)
-        try:
-            scan_order(self.scan, self.grid(fields), self.scan_seed)
-        except ValueError as e:
-            raise ValueError(f"encoder.scan={self.scan!r}: {e}") from None
+        check_scan(self.scan, self.grid(fields), self.scan_seed)
 
 
 @ENCODERS.register("video", config=VideoEncoderConfig)
