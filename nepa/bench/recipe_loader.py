@@ -22,30 +22,16 @@ import torch
 from nepa.bench.loader import TARGET_VS_MODEL, rate
 from nepa.config import RunConfig
 from nepa.data.base import build_dataset
-from nepa.data.loader import train_loader
+from nepa.data.loader import single_process_batches
 from nepa.train.build import initialized_objective
 from nepa.train.optim import build_optimizer
 
 
-def _loader(cfg: RunConfig, dataset, workers: int):
-    return iter(
-        train_loader(
-            dataset,
-            global_batch=cfg.train.batch_size,
-            accum=1,
-            rank=0,
-            world=1,
-            workers=workers,
-            seed=cfg.seed,
-            start_micro=0,
-            pin_memory=False,
-        )
-    )
-
-
 def _batches(cfg: RunConfig, dataset, workers: int):
-    """The loader's batch dicts (without the stream's per-batch report)."""
-    return (batch for batch, _ in _loader(cfg, dataset, workers))
+    """The recipe's training batches (its batch size and seed), on ``workers`` workers."""
+    return single_process_batches(
+        dataset, global_batch=cfg.train.batch_size, seed=cfg.seed, workers=workers
+    )
 
 
 def step_rate(cfg: RunConfig, batch: dict, steps: int) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from nepa.config import RunConfig
 from nepa.data.base import build_dataset
-from nepa.data.loader import train_loader
+from nepa.data.loader import single_process_batches
 from nepa.train.build import initialized_objective
 from nepa.train.flops import FlopCounterMode
 from nepa.train.trainer import step_seed
@@ -23,24 +23,17 @@ def step_flops(cfg: RunConfig, steps: int = 3) -> float:
     objective = initialized_objective(cfg)
     objective.on_train_start(cfg.train.steps)
     t = cfg.train
-    loader = iter(
-        train_loader(
-            build_dataset(cfg.data, split="train", train=True),
-            global_batch=t.batch_size,
-            accum=t.accum,
-            rank=0,
-            world=1,
-            workers=0,
-            seed=cfg.seed,
-            start_micro=0,
-            pin_memory=False,
-        )
+    batches = single_process_batches(
+        build_dataset(cfg.data, split="train", train=True),
+        global_batch=t.batch_size,
+        seed=cfg.seed,
+        accum=t.accum,
     )
     with FlopCounterMode(display=False) as counter:
         for step in range(steps):
             objective.on_step_start(step, step_seed(cfg.seed, step))
             for micro in range(t.accum):
-                batch, _ = next(loader)
+                batch = next(batches)
                 objective.on_micro_batch(micro * (t.batch_size // t.accum))
                 loss, _ = objective(batch)
                 loss.backward()

@@ -169,4 +169,23 @@ def train_loader(
     return TrainLoader(loader, sampler.steps_per_epoch, {"kind": "indexed"})
 
 
-__all__ = ["BadDataError", "TrainLoader", "train_loader"]
+def single_process_batches(
+    dataset: Dataset, *, global_batch: int, seed: int, accum: int = 1, workers: int = 0
+) -> Iterator[Batch]:
+    """The micro-batch dicts one process trains on from the start (rank 0 of 1): for
+    benchmarks and measurements made outside a run."""
+    loader = train_loader(
+        dataset,
+        global_batch=global_batch,
+        accum=accum,
+        rank=0,
+        world=1,
+        workers=workers,
+        seed=seed,
+        start_micro=0,
+        pin_memory=False,
+    )
+    return (batch for batch, _ in loader)
+
+
+__all__ = ["BadDataError", "TrainLoader", "single_process_batches", "train_loader"]
