@@ -127,15 +127,14 @@ class Trajectories:
         self.angle = np.stack([r.uniform(0, 2 * np.pi, cfg.digits) for r in draws])  # (N, K)
         self.cfg, self.free = cfg, free
         classes = y[self.digit]  # (N, K)
-        if cfg.label == "pair":
-            lo, hi = classes.min(1), classes.max(1)
-            # index of (lo, hi) among combinations_with_replacement(range(10), 2)
-            self.labels = lo * 10 - lo * (lo - 1) // 2 + (hi - lo)
-        else:
-            # the first digit: leftmost in frame 0 (start column), then the higher one (row)
-            first = np.lexsort((self.start[:, :, 0].T, self.start[:, :, 1].T), axis=0)[0]
-            angle = self.angle[np.arange(n), first]
-            self.labels = np.round(angle / (np.pi / 4)).astype(np.int64) % 8
+        lo, hi = classes.min(1), classes.max(1)
+        # index of (lo, hi) among combinations_with_replacement(range(10), 2)
+        self.pairs = lo * 10 - lo * (lo - 1) // 2 + (hi - lo)
+        # the first digit: leftmost in frame 0 (start column), then the higher one (row)
+        first = np.lexsort((self.start[:, :, 0].T, self.start[:, :, 1].T), axis=0)[0]
+        angle = self.angle[np.arange(n), first]
+        self.directions = np.round(angle / (np.pi / 4)).astype(np.int64) % 8
+        self.labels = self.pairs if cfg.label == "pair" else self.directions
 
     def __len__(self) -> int:
         return len(self.digit)
@@ -208,8 +207,7 @@ def build_moving_mnist(cfg: MovingMnistConfig, *, split: str, train: bool) -> Mo
 def moving_mnist_source(path: Path, split: str) -> Source:
     cfg = MovingMnistConfig(path=str(path))
     traj = Trajectories(cfg, split)
-    pairs = traj.labels
-    directions = Trajectories(cfg.model_copy(update={"label": "direction"}), split).labels
+    pairs, directions = traj.pairs, traj.directions
 
     def samples() -> Iterator[dict[str, Any]]:
         for i in range(len(traj)):
