@@ -85,8 +85,5 @@ class SpectrogramEncoder(GridEncoder):
 
     def keep(self, batch: Batch) -> torch.Tensor | None:
         """Row-major (B, T): the patches inside each clip's real frames."""
-        if not self.has_length:
-            return None
-        nt, nf = self.grid
-        ends = (torch.arange(nt) + 1) * self.cfg.patch_time
-        return self.keep_from_length(batch[self.cfg.length_field], ends, nf)
+        length = batch[self.cfg.length_field] if self.has_length else None
+        return self.keep_time_steps(length, self.cfg.patch_time)

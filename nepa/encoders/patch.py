@@ -8,6 +8,8 @@ coordinates. Image, spectrogram, video and sensor encoders all go through it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from nepa.encoders.base import Encoder
@@ -41,3 +43,11 @@ class GridEncoder(Encoder):
         """
         keep_BN = ends_N.to(length_B.device)[None] <= length_B[:, None]
         return keep_BN.repeat_interleave(per_step, dim=1)
+
+    def keep_time_steps(self, length_B: torch.Tensor | None, step: int) -> torch.Tensor | None:
+        """Row-major (B, T) mask when grid axis 0 is time in whole patches of ``step`` units
+        (frames): the tokens whose time patch ends within the length; None without a length."""
+        if length_B is None:
+            return None
+        ends = (torch.arange(self.grid[0]) + 1) * step
+        return self.keep_from_length(length_B, ends, math.prod(self.grid[1:]))

@@ -86,8 +86,5 @@ class VideoEncoder(GridEncoder):
 
     def keep(self, batch: Batch) -> torch.Tensor | None:
         """Row-major (B, T): the tubelets inside each clip's real frames."""
-        if not self.has_length:
-            return None
-        nt, nh, nw = self.grid
-        ends = (torch.arange(nt) + 1) * self.cfg.tubelet[0]
-        return self.keep_from_length(batch[self.cfg.length_field], ends, nh * nw)
+        length = batch[self.cfg.length_field] if self.has_length else None
+        return self.keep_time_steps(length, self.cfg.tubelet[0])
