@@ -27,6 +27,12 @@ def add_overrides(p: argparse.ArgumentParser, example: str) -> None:
     )
 
 
+def usage(parser: argparse.ArgumentParser) -> int:
+    """A command group called without its action: its help on stderr, exit status 2."""
+    parser.print_help(sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nepa",

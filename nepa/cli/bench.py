@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from nepa.cli import add_overrides
+from nepa.cli import add_overrides, usage
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench", help="time a training step against timm and the machine"
     )
     sub = parser.add_subparsers(dest="bench_command")
-    parser.set_defaults(func=lambda args: _usage(parser))
+    parser.set_defaults(func=lambda args: usage(parser))
 
     step = sub.add_parser(
         "step",
@@ -128,11 +128,6 @@ def _recipe_loader(args: argparse.Namespace, workers: tuple[int, ...]) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def _step(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import math
 import sys
 from pathlib import Path
 
+from nepa.cli import usage
 from nepa.encoders.scans import SCANS, render_grid, scan_order
 from nepa.registry import RegistryError
 from nepa.viz.scans import draw_path_png
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``scans`` with its ``list`` and ``show`` subcommands."""
     parser = subparsers.add_parser("scans", help="list scan orders or show one on a grid")
     sub = parser.add_subparsers(dest="scans_command")
-    parser.set_defaults(func=lambda args: _usage(parser))
+    parser.set_defaults(func=lambda args: usage(parser))
 
     sub.add_parser("list", help="print the registered scan order names").set_defaults(func=_list)
 
@@ -56,11 +57,6 @@ def parse_grid(text: str) -> tuple[int, ...]:
             f"--grid {text} has {math.prod(grid):,} cells; at most {MAX_CELLS:,} can be shown"
         )
     return grid
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def _list(args: argparse.Namespace) -> int:

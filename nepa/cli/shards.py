@@ -14,6 +14,7 @@ import logging
 import sys
 import tarfile
 
+from nepa.cli import usage
 from nepa.data.shards.manifest import read_manifest
 from nepa.data.shards.sources import SOURCES, sources_help
 from nepa.data.shards.verify import summary, verify_shards
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``shards`` with its ``write``, ``verify`` and ``ls`` subcommands."""
     parser = subparsers.add_parser("shards", help="write, verify or list WebDataset shards")
     sub = parser.add_subparsers(dest="shards_command")
-    parser.set_defaults(func=lambda args: _usage(parser))
+    parser.set_defaults(func=lambda args: usage(parser))
 
     w = sub.add_parser(
         "write",
@@ -78,11 +79,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "source", metavar="SOURCE", help="a shard folder, its manifest.json, or a {name} template"
     )
     ls.set_defaults(func=_ls)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def _progress(args: argparse.Namespace) -> bool:

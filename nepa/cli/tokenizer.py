@@ -12,7 +12,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from nepa.cli import add_overrides
+from nepa.cli import add_overrides, usage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overrides(fit, "--set objective.codes=512")
     fit.add_argument("--out", type=Path, required=True, help="the tokenizer file (.safetensors)")
     fit.set_defaults(func=_fit)
-    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+    p.set_defaults(func=lambda args: usage(p))
 
 
 def _fit(args: argparse.Namespace) -> int:
