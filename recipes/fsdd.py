@@ -51,13 +51,17 @@ def shards() -> RunConfig:
 
 
 def jepa_tiny() -> RunConfig:
-    """JEPA at the size of ``tiny``: spans of time (every frequency) as targets, 4 spans of
-    15-20% of the clip, the rest of a context span of 85-100%; narrow predictor dim 32, depth 4;
-    features from the EMA target encoder."""
+    """JEPA at the size of ``tiny``: I-JEPA's 2-D blocks on each clip's real (time, frequency)
+    patches, 4 targets of 15-20% of them and the rest of a context block of 85-100%, at least 4
+    context patches (a clip has about 17 real patches of the 48: 2 of 6 in time); narrow
+    predictor dim 32, depth 4; features from the EMA target encoder. Time spans over every
+    frequency leave a 2-step clip no context, hence blocks."""
     cfg = tiny().model_dump()
     cfg["name"] = "fsdd-jepa-tiny"
     cfg["predictor"].update(attn="bidirectional", start_token=False)
-    cfg["objective"] = JepaConfig(masks="spans", predictor_depth=4, predictor_dim=32).model_dump()
+    cfg["objective"] = JepaConfig(
+        masks="blocks", min_keep=4, predictor_depth=4, predictor_dim=32
+    ).model_dump()
     return RunConfig.model_validate(cfg)
 
 

@@ -220,7 +220,9 @@ class Jepa(Objective):
         return self
 
     # -- forward -------------------------------------------------------------------------------
-    def draw_masks(self, batch: int) -> list[Masks]:
+    def draw_masks(self, batch: int, extents: list[tuple[int, ...]] | None = None) -> list[Masks]:
+        """One Masks per mask set; ``extents`` (one box per sample, see
+        :mod:`nepa.objectives.masks`) keeps a padded sample's masks on its real cells."""
         shape_gen = torch.Generator().manual_seed(self.step_seed)
         gens = [
             torch.Generator().manual_seed(sample_seed(self.step_seed, self.first + i))
@@ -230,15 +232,26 @@ class Jepa(Objective):
         for targets, context in self.specs:
             if context is None:
                 out.append(
-                    complement_context(self.grid, shape_gen, gens, targets, self.cfg.min_keep)
+                    complement_context(
+                        self.grid, shape_gen, gens, targets, self.cfg.min_keep, extents
+                    )
                 )
             else:
                 out.append(
                     context_and_targets(
-                        self.grid, shape_gen, gens, targets, context, self.cfg.min_keep
+                        self.grid, shape_gen, gens, targets, context, self.cfg.min_keep, extents
                     )
                 )
         return out
+
+    @staticmethod
+    def extents(coords: torch.Tensor, keep: torch.Tensor | None) -> list[tuple[int, ...]] | None:
+        """Per sample, the box [0, e) on every grid axis that holds its real tokens (None when
+        nothing is padded): coords (B, T, A), keep (B, T)."""
+        if keep is None or bool(keep.all()):
+            return None
+        ext = torch.where(keep[..., None], coords + 1, 0).amax(1).clamp_min(1)  # (B, A)
+        return [tuple(e) for e in ext.tolist()]
 
     def positions(self, tok: Tokens) -> torch.Tensor:
         """(T,) or (B, T): the token position of each row-major cell (the inverse scan)."""
@@ -261,13 +274,8 @@ class Jepa(Objective):
             else tok.keep
         )
         losses, preds, usable = [], [], []
-        for m in self.draw_masks(B):
-            m = Masks(
-                *(
-                    x.to(tok.emb.device)
-                    for x in (m.context, m.context_keep, m.targets, m.targets_keep)
-                )
-            )
+        for m in self.draw_masks(B, self.extents(coords, tok.keep)):
+            m = m.to(tok.emb.device)
             c_pos = torch.gather(pos, 1, m.context)  # (B, Kc) token positions
             c_keep = m.context_keep & torch.gather(real, 1, c_pos)
             ctx = self.predictor(
@@ -284,10 +292,10 @@ class Jepa(Objective):
             err = regression_loss(self.cfg.loss, p.float(), t)  # (B, N, Kt)
             w = t_keep.float()
             per_sample = (err * w).sum((1, 2)) / w.sum((1, 2)).clamp_min(1.0)  # (B,)
-            # Masks are placed on the grid, not on each sample's real extent: a padded sample
-            # may get no real target or no real context. It adds nothing, and the sum is over
-            # the micro-batch's B samples, so every split of the global batch gives one loss.
-            valid = (t_keep.flatten(1).any(1) & c_keep.any(1)).float()
+            # Masks lie in each sample's real extent; a sample too short for min_keep context
+            # cells adds nothing, and the sum is over the micro-batch's B samples, so every
+            # split of the global batch gives one loss.
+            valid = (m.usable & t_keep.flatten(1).any(1) & c_keep.any(1)).float()
             losses.append((per_sample * valid).sum() / B)
             usable.append(valid.mean())
             preds.append(p[t_keep])
@@ -295,7 +303,7 @@ class Jepa(Objective):
         p_all = torch.cat(preds)  # (n, D) real predictions
         metrics: dict[str, torch.Tensor | float] = {
             "tokens": float(real.sum()),
-            "jepa/usable": torch.stack(usable).mean().detach(),  # samples with real targets
+            "jepa/usable": torch.stack(usable).mean().detach(),  # share of samples in the loss
         }
         if self.cfg.var_weight:
             var = F.relu(1.0 - torch.sqrt(p_all.float().var(0) + 1e-4)).mean()

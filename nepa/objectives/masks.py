@@ -21,16 +21,23 @@ Shapes come from one generator per batch, locations from one generator per sampl
 :func:`context_and_targets`). Sets that differ in size per sample are padded, with a keep mask
 (I-JEPA cuts them to the batch's smallest instead, which makes a sample's context depend on its
 batch-mates). Indices are row-major (C order) cell numbers of the grid, sorted, int64.
+
+Padded inputs (audio clips, sensor series shorter than the grid) pass each sample's *extent*,
+the box ``[0, e)`` on every axis that holds its real cells: its blocks are sized on its extent
+(the batch's scale and aspect ratio, so samples of the grid's full extent share one size) and
+placed inside it, so every target and context cell is real. A sample whose extent is too small
+for ``min_keep`` is marked not ``usable`` instead of failing the batch.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 Grid = tuple[int, ...]
+Extents = list[Grid] | None  # per sample: the box [0, e) on every axis that holds real cells
 
 
 @dataclass(frozen=True)
@@ -44,21 +51,27 @@ class BlockSpec:
 @dataclass(frozen=True)
 class Masks:
     """Sorted row-major cell indices, padded per sample with ``*_keep`` False:
-    ``context`` (B, Kc), ``targets`` (B, N, Kt)."""
+    ``context`` (B, Kc), ``targets`` (B, N, Kt); ``usable`` (B,) False for a sample whose
+    extent could not give ``min_keep`` context cells."""
 
     context: torch.Tensor
     context_keep: torch.Tensor
     targets: torch.Tensor
     targets_keep: torch.Tensor
+    usable: torch.Tensor
+
+    def to(self, device: torch.device) -> Masks:
+        return Masks(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def _pad(sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index sets of different sizes -> (B, K) indices (padding 0) and (B, K) keep."""
-    k = max(len(x) for x in sets)
-    idx = torch.zeros(len(sets), k, dtype=torch.long)
-    keep = torch.zeros(len(sets), k, dtype=torch.bool)
+    """Index sets (..., K_i) of different sizes K_i -> (B, ..., K) indices (padding 0) and
+    (B, ..., K) keep."""
+    k = max(x.shape[-1] for x in sets)
+    idx = torch.zeros(len(sets), *sets[0].shape[:-1], k, dtype=torch.long)
+    keep = torch.zeros(idx.shape, dtype=torch.bool)
     for i, x in enumerate(sets):
-        idx[i, : len(x)], keep[i, : len(x)] = x, True
+        idx[i, ..., : x.shape[-1]], keep[i, ..., : x.shape[-1]] = x, True
     return idx, keep
 
 
@@ -77,7 +90,8 @@ def free_axes(grid: Grid, spec: BlockSpec) -> list[int]:
 
 
 def block_shape(grid: Grid, spec: BlockSpec, scale: float, aspect: float) -> tuple[int, ...]:
-    """The extent of a block on every axis (at least one cell, at most the grid)."""
+    """The extent of a block on every axis (at least one cell, at most the grid; ``grid`` is a
+    sample's extent when it is padded)."""
     axes = free_axes(grid, spec)
     shape = list(grid)
     if len(axes) == 1:
@@ -86,25 +100,41 @@ def block_shape(grid: Grid, spec: BlockSpec, scale: float, aspect: float) -> tup
     else:
         a, b = axes
         cells = scale * grid[a] * grid[b]
-        shape[a] = min(grid[a], max(1, round(math.sqrt(cells * aspect))))
-        shape[b] = min(grid[b], max(1, round(math.sqrt(cells / aspect))))
+        want_a = max(1, round(math.sqrt(cells * aspect)))
+        want_b = max(1, round(math.sqrt(cells / aspect)))
+        shape[a], shape[b] = min(grid[a], want_a), min(grid[b], want_b)
+        # A block cut short on one axis (a narrow grid or a short sample) grows on the other
+        # to keep its scale.
+        if shape[a] < want_a:
+            shape[b] = min(grid[b], max(1, round(cells / shape[a])))
+        elif shape[b] < want_b:
+            shape[a] = min(grid[a], max(1, round(cells / shape[b])))
     return tuple(shape)
 
 
-def draw_shape(grid: Grid, spec: BlockSpec, g: torch.Generator) -> tuple[int, ...]:
-    """One block shape for the whole batch: scale uniform, aspect log-uniform."""
+def draw_size(spec: BlockSpec, g: torch.Generator) -> tuple[float, float]:
+    """One block (scale, aspect) for the whole batch: scale uniform, aspect log-uniform."""
     scale = _uniform(g, *spec.scale)
     lo, hi = math.log(spec.aspect[0]), math.log(spec.aspect[1])
-    return block_shape(grid, spec, scale, math.exp(_uniform(g, lo, hi)))
+    return scale, math.exp(_uniform(g, lo, hi))
 
 
-def place(grid: Grid, shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
-    """A (prod(grid),) bool mask of one block of ``shape`` at a uniform random position."""
+def place(grid: Grid, shape: tuple[int, ...], g: torch.Generator, extent: Grid) -> torch.Tensor:
+    """A (prod(grid),) bool mask of one block of ``shape`` at a uniform random position inside
+    ``extent`` (the box [0, e) on every axis; the grid itself when unpadded)."""
     m = torch.zeros(grid, dtype=torch.bool)
     starts = [
-        int(torch.randint(0, n - k + 1, (), generator=g)) for n, k in zip(grid, shape, strict=True)
+        int(torch.randint(0, n - k + 1, (), generator=g))
+        for n, k in zip(extent, shape, strict=True)
     ]
     m[tuple(slice(s, s + k) for s, k in zip(starts, shape, strict=True))] = True
+    return m.reshape(-1)
+
+
+def _box(grid: Grid, extent: Grid) -> torch.Tensor:
+    """(prod(grid),) bool: the cells inside ``extent``."""
+    m = torch.zeros(grid, dtype=torch.bool)
+    m[tuple(slice(0, e) for e in extent)] = True
     return m.reshape(-1)
 
 
@@ -112,7 +142,17 @@ def _indices(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
-TRIES = 20  # placements tried per sample before a context below min_keep is an error
+TRIES = 20  # placements tried per sample before a context below min_keep is given up on
+
+
+def _too_few(grid: Grid, extent: Grid, what: str, min_keep: int) -> None:
+    """A full-extent sample that found no placement is an error (the configuration barely
+    fits); a padded one is only not usable."""
+    if extent == grid:
+        raise ValueError(
+            f"on the {grid} grid, {what} fewer than min_keep={min_keep} cells in {TRIES} "
+            "placements: use fewer or smaller targets or a larger context"
+        )
 
 
 def context_and_targets(
@@ -122,36 +162,41 @@ def context_and_targets(
     targets: BlockSpec,
     context: BlockSpec,
     min_keep: int,
+    extents: Extents = None,
 ) -> Masks:
     """I-JEPA: ``targets.n`` target blocks and one context block minus the targets, per sample.
 
-    Block shapes come from ``shape_gen`` (once per batch: every sample's targets have the same
-    size); each sample's locations from its own generator, so a sample's masks do not depend on
-    which other samples share its batch (DDP and accumulation splits give the same masks).
-    Contexts keep all their cells, padded to the batch's largest. A sample whose context keeps
-    fewer than ``min_keep`` cells is placed again.
+    Block scales and aspect ratios come from ``shape_gen`` (once per batch: every sample of the
+    same extent has targets of the same size); each sample's locations from its own generator,
+    so a sample's masks do not depend on which other samples share its batch (DDP and
+    accumulation splits give the same masks). Contexts keep all their cells, padded to the
+    batch's largest. A sample whose context keeps fewer than ``min_keep`` cells is placed again.
     """
-    t_shape, c_shape = draw_shape(grid, targets, shape_gen), draw_shape(grid, context, shape_gen)
-    tgt, ctx = [], []
-    for g in sample_gens:
+    t_size, c_size = draw_size(targets, shape_gen), draw_size(context, shape_gen)
+    tgt, ctx, usable = [], [], []
+    for i, g in enumerate(sample_gens):
+        extent = grid if extents is None else extents[i]
+        t_shape, c_shape = (
+            block_shape(extent, targets, *t_size),
+            block_shape(extent, context, *c_size),
+        )
         for _ in range(TRIES):
-            blocks = [place(grid, t_shape, g) for _ in range(targets.n)]
-            keep = _indices(place(grid, c_shape, g) & ~torch.stack(blocks).any(0))
+            blocks = [place(grid, t_shape, g, extent) for _ in range(targets.n)]
+            keep = _indices(place(grid, c_shape, g, extent) & ~torch.stack(blocks).any(0))
             if len(keep) >= min_keep:
                 break
         else:
-            raise ValueError(
-                f"on the {grid} grid, {targets.n} target blocks of shape {t_shape} left a "
-                f"context block of shape {c_shape} fewer than min_keep={min_keep} cells in "
-                f"{TRIES} placements: use fewer or smaller targets or a larger context"
+            what = (
+                f"{targets.n} target blocks of shape {t_shape} left a context block of shape "
+                f"{c_shape}"
             )
-        tgt.append(torch.stack([_indices(b) for b in blocks]))  # (N, Kt): one shape for all
+            _too_few(grid, extent, what, min_keep)
+        usable.append(len(keep) >= min_keep)
+        tgt.append(torch.stack([_indices(b) for b in blocks]))  # (N, Kt): one shape per extent
         ctx.append(keep)
     context_idx, context_keep = _pad(ctx)
-    targets_idx = torch.stack(tgt)
-    return Masks(
-        context_idx, context_keep, targets_idx, torch.ones_like(targets_idx, dtype=torch.bool)
-    )
+    targets_idx, targets_keep = _pad(tgt)
+    return Masks(context_idx, context_keep, targets_idx, targets_keep, torch.tensor(usable))
 
 
 def complement_context(
@@ -160,27 +205,28 @@ def complement_context(
     sample_gens: list[torch.Generator],
     blocks: BlockSpec,
     min_keep: int = 1,
+    extents: Extents = None,
 ) -> Masks:
-    """V-JEPA: the union of ``blocks.n`` blocks is predicted from everything else; both sets
-    padded to the batch's largest. A sample whose context keeps fewer than ``min_keep`` cells
-    is placed again."""
-    shape = draw_shape(grid, blocks, shape_gen)
-    unions = []
-    for g in sample_gens:
+    """V-JEPA: the union of ``blocks.n`` blocks is predicted from the rest of the sample's
+    extent; both sets padded to the batch's largest. A sample whose context keeps fewer than
+    ``min_keep`` cells is placed again."""
+    size = draw_size(blocks, shape_gen)
+    unions, contexts, usable = [], [], []
+    for i, g in enumerate(sample_gens):
+        extent = grid if extents is None else extents[i]
+        shape, box = block_shape(extent, blocks, *size), _box(grid, extent)
         for _ in range(TRIES):
-            union = torch.stack([place(grid, shape, g) for _ in range(blocks.n)]).any(0)
-            if int((~union).sum()) >= min_keep:
+            union = torch.stack([place(grid, shape, g, extent) for _ in range(blocks.n)]).any(0)
+            if int((box & ~union).sum()) >= min_keep:
                 break
         else:
-            raise ValueError(
-                f"on the {grid} grid, {blocks.n} blocks of shape {shape} left the context fewer "
-                f"than min_keep={min_keep} cells in {TRIES} placements: use fewer or smaller "
-                "blocks"
-            )
-        unions.append(union)
-    t_idx, t_keep = _pad([_indices(u) for u in unions])
-    c_idx, c_keep = _pad([_indices(~u) for u in unions])
-    return Masks(c_idx, c_keep, t_idx[:, None], t_keep[:, None])
+            _too_few(grid, extent, f"{blocks.n} blocks of shape {shape} left the context", min_keep)
+        usable.append(int((box & ~union).sum()) >= min_keep)
+        unions.append(_indices(union))
+        contexts.append(_indices(box & ~union))
+    t_idx, t_keep = _pad(unions)
+    c_idx, c_keep = _pad(contexts)
+    return Masks(c_idx, c_keep, t_idx[:, None], t_keep[:, None], torch.tensor(usable))
 
 
 def check_blocks(grid: Grid, targets: BlockSpec, context: BlockSpec | None, min_keep: int) -> None:

@@ -150,7 +150,7 @@ def test_collapse_monitor_reads_the_predictions(setup) -> None:
     _step(objective, batch)
     stats = objective.monitor(2)  # monitor_every=2 in jepa_tiny
     assert stats and all(v == v for v in stats.values())  # finite, no NaN
-    assert 0 < stats["collapse/std_x_sqrt_d"] and stats["collapse/eff_rank"] > 1
+    assert stats["collapse/std_x_sqrt_d"] > 0 and stats["collapse/eff_rank"] > 1
 
 
 def test_masks_draw_with_any_run_seed() -> None:
@@ -164,3 +164,35 @@ def test_masks_draw_with_any_run_seed() -> None:
     assert objective.draw_masks(4)[0].targets.shape[0] == 4
     seeds = {sample_seed(s, i) for s in range(50) for i in range(50)}
     assert len(seeds) == 2500  # no two (step, sample) pairs share a seed
+
+
+def test_padded_samples_are_masked_and_trained_on_their_real_tokens() -> None:
+    from nepa.batch import FieldSpec
+    from nepa.encoders.base import build_encoder
+    from nepa.encoders.sensor import SensorEncoderConfig
+    from nepa.objectives.jepa import JepaConfig
+    from nepa.predictor.config import PredictorConfig
+    from nepa.predictor.transformer import Predictor
+
+    torch.manual_seed(0)
+    fields = {"signal": FieldSpec((3, 128)), "length": FieldSpec((), "int64")}
+    enc = build_encoder(SensorEncoderConfig(patch=8, stride=8), dim=16, fields=fields)
+    pred = Predictor(
+        PredictorConfig(dim=16, depth=1, heads=2, attn="bidirectional", start_token=False), n_axes=1
+    )
+    jepa = Jepa(
+        JepaConfig(min_keep=2, predictor_depth=1, predictor_dim=8), encoder=enc, predictor=pred
+    )
+    lengths = [128, 64, 40]
+    batch = {"signal": torch.randn(3, 3, 128), "length": torch.tensor(lengths)}
+    jepa.on_step_start(0, 3)
+    jepa.on_micro_batch(0)
+    tok = enc(batch)
+    extents = jepa.extents(tok.coords.expand(3, -1, -1), tok.keep)
+    assert extents == [(16,), (8,), (5,)]  # real patches of 8 samples
+    (m,) = jepa.draw_masks(3, extents)
+    for b, (e,) in enumerate(extents):
+        assert (m.targets[b][m.targets_keep[b]] < e).all()
+        assert (m.context[b][m.context_keep[b]] < e).all()
+    loss, metrics = jepa(batch)
+    assert torch.isfinite(loss) and float(metrics["jepa/usable"]) == 1.0

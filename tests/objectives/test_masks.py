@@ -123,3 +123,53 @@ def test_a_context_too_small_for_min_keep_at_draw_time_is_an_error() -> None:
     many = BlockSpec(12, (0.2, 0.2))  # twelve blocks on 36 cells: rarely 30 left
     with pytest.raises(ValueError, match="fewer than min_keep=30 cells in 20 placements"):
         context_and_targets((6, 6), _g(), _gens(4), many, IJEPA_CONTEXT, 30)
+
+
+def _inside(idx: torch.Tensor, grid: tuple[int, ...], extent: tuple[int, ...]) -> bool:
+    coords = torch.stack(torch.unravel_index(idx, grid), 1)
+    return bool((coords < torch.tensor(extent)).all())
+
+
+def test_extents_of_the_whole_grid_change_nothing() -> None:
+    plain = context_and_targets((14, 14), _g(4), _gens(6), IJEPA_TARGETS, IJEPA_CONTEXT, 10)
+    full = context_and_targets(
+        (14, 14), _g(4), _gens(6), IJEPA_TARGETS, IJEPA_CONTEXT, 10, [(14, 14)] * 6
+    )
+    for a, b in zip(vars(plain).values(), vars(full).values(), strict=True):
+        assert torch.equal(a, b)
+    assert plain.usable.all()
+
+
+@pytest.mark.parametrize(
+    ("grid", "targets", "context", "extents"),
+    [
+        ((12, 8), BlockSpec(4, (0.15, 0.2), full_axes=(1,)), IJEPA_CONTEXT, None),
+        ((14, 14), IJEPA_TARGETS, IJEPA_CONTEXT, None),
+        ((4, 6, 6), VJEPA_SHORT, None, None),
+    ],
+)
+def test_padded_samples_are_masked_inside_their_extent(grid, targets, context, extents) -> None:
+    # samples of the whole grid, half of its first axis, and a quarter of it
+    extents = [grid, (grid[0] // 2, *grid[1:]), (max(1, grid[0] // 4), *grid[1:])] * 2
+    if context is None:
+        m = complement_context(grid, _g(2), _gens(6), targets, 1, extents)
+    else:
+        m = context_and_targets(grid, _g(2), _gens(6), targets, context, 4, extents)
+    for b, extent in enumerate(extents):
+        tgt = m.targets[b][m.targets_keep[b]]
+        ctx = m.context[b][m.context_keep[b]]
+        assert _inside(tgt, grid, extent) and _inside(ctx, grid, extent)
+        assert not set(tgt.tolist()) & set(ctx.tolist())
+        if context is None:  # the context is the rest of the extent
+            assert len(set(tgt.tolist())) + len(ctx) == math.prod(extent)
+    if context is not None:  # blocks are sized on each sample's own extent
+        sizes = m.targets_keep[:, 0].sum(-1)
+        assert sizes[0] >= sizes[1] >= sizes[2] and sizes[0] > sizes[2]
+        assert torch.equal(sizes[:3], sizes[3:])  # one size per extent
+
+
+def test_a_sample_too_short_for_min_keep_is_not_usable_instead_of_an_error() -> None:
+    m = context_and_targets((16,), _g(), _gens(3), SPANS, IJEPA_CONTEXT, 5, [(16,), (12,), (3,)])
+    assert m.usable.tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="fewer than min_keep=20"):  # the full grid still fails
+        context_and_targets((16,), _g(), _gens(3), SPANS, IJEPA_CONTEXT, 20, [(16,)] * 3)
