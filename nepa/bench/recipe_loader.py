@@ -23,7 +23,7 @@ from nepa.bench.loader import TARGET_VS_MODEL, rate
 from nepa.config import RunConfig
 from nepa.data.base import build_dataset
 from nepa.data.loader import single_process_batches
-from nepa.train.build import initialized_objective
+from nepa.train.build import initialized_objective, resolve_precision
 from nepa.train.optim import build_optimizer
 
 
@@ -35,19 +35,28 @@ def _batches(cfg: RunConfig, dataset, workers: int):
 
 
 def step_rate(cfg: RunConfig, batch: dict, steps: int) -> float:
-    """Training samples per second of the recipe's objective on one real batch."""
+    """Training samples per second of the recipe's objective on one real batch, in the main
+    process on the CPU at the recipe's precision: forward, loss, backward, gradient clipping,
+    AdamW and the objective's hooks, as the trainer runs them (accumulation aside)."""
     torch.manual_seed(cfg.seed)
     objective = initialized_objective(cfg)
+    bf16, _ = resolve_precision(cfg.train.precision, torch.device("cpu"))
     optimizer = build_optimizer(objective.param_groups(cfg.optim), cfg.optim)
+    clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else float("inf")
+    objective.on_train_start(steps + 2)
     times = []
     for i in range(steps + 2):
         t = time.perf_counter()
         objective.on_step_start(i, i)
-        loss, _ = objective(batch)
-        loss.backward()
+        objective.on_micro_batch(0)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss, _ = objective(batch)
+            loss.backward()
+        params = [p for p in objective.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        objective.on_step_end(i)
+        objective.on_step_end(i + 1)
         if i >= 2:  # the first steps allocate
             times.append(time.perf_counter() - t)
     return cfg.train.batch_size / statistics.median(times)

@@ -83,7 +83,8 @@ def _load(args: argparse.Namespace):
 
 
 def run_protocol(args: argparse.Namespace) -> int:
-    from nepa.eval.run import evaluate, knn_sweep, raw_input_knn
+    from nepa.eval.run import evaluate, feature_store, knn_sweep, raw_input_knn
+    from nepa.eval.store import FEATURES
 
     loaded = _load(args)
     if isinstance(loaded, int):
@@ -95,6 +96,9 @@ def run_protocol(args: argparse.Namespace) -> int:
     init = {"random_init": args.random_init}
     weights = None if args.random_init else weights_info(args.run_dir)
     try:
+        # features extracted once per weights and data, kept in the run directory for the next
+        # protocol, sweep or comparison
+        store = feature_store(cfg, objective, device, folder=Path(args.run_dir) / FEATURES)
         if getattr(args, "sweep", False):
             depth = objective.backbone().depth
             results = [
@@ -106,6 +110,7 @@ def run_protocol(args: argparse.Namespace) -> int:
                     layers=list(range(1, depth + 1)),
                     pools=["mean", "last", "start", "grid2", "grid4"],
                     attns=["causal", "bidirectional"],
+                    store=store,
                 )
             ]
             print(sweep_table(results))
@@ -114,7 +119,14 @@ def run_protocol(args: argparse.Namespace) -> int:
             weights = None  # the raw inputs: no model
         else:
             results = [
-                evaluate(args.protocol, cfg, objective, device, random_init=args.random_init)
+                evaluate(
+                    args.protocol,
+                    cfg,
+                    objective,
+                    device,
+                    random_init=args.random_init,
+                    store=store,
+                )
             ]
     except ValueError as e:  # a setting that does not fit this run (a layer, a pooling...)
         print(f"nepa eval: {e}", file=sys.stderr)

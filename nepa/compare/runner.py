@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nepa.compare.grid import Cell, cell_config
 from nepa.config import ConfigError, RunConfig
@@ -26,6 +27,9 @@ from nepa.train.checkpoint import list_checkpoints
 from nepa.train.resume import NO_EFFECT_ON_TRAINING, flatten
 from nepa.train.rundir import read_metrics
 from nepa.train.trainer import train
+
+if TYPE_CHECKING:
+    from nepa.eval.store import FeatureStore
 
 log = logging.getLogger(__name__)
 RUN_STATE = "compare.json"
@@ -140,9 +144,10 @@ class Comparison:
         state = self._state(rd, cfg)
         if not (rd / WEIGHTS).is_file() and not self._train(cfg, rd, state, cell):
             return False
+        stores: dict[str, FeatureStore] = {}  # per weights ("" trained, "init"), for this run
         for key in self.plan.eval_keys():
             if key not in state["evals"]:
-                state["evals"][key] = self._evaluate(cfg, rd, key)
+                state["evals"][key] = self._evaluate(cfg, rd, key, stores)
                 self._save(rd, state)
         return True
 
@@ -192,23 +197,31 @@ class Comparison:
             return False
         return True
 
-    def _evaluate(self, cfg: RunConfig, rd: Path, key: str) -> dict:
-        name, _, init = key.partition("@")
-        # seeded: the random-init baseline is the objective as a fresh run starts it
-        objective = initialized_objective(cfg) if init else build_objective(cfg)
-        if not init:
-            objective.load_state_dict(load_weights(rd))
-        device = pick_device("cpu" if cfg.train.device == "cpu" else "auto")
-        splits_key = json.dumps(
-            [cfg.data.model_dump(mode="json"), cfg.eval.max_train, cfg.eval.max_test]
-        )
-        from nepa.eval.run import eval_splits, evaluate
+    def _evaluate(
+        self, cfg: RunConfig, rd: Path, key: str, stores: dict[str, FeatureStore]
+    ) -> dict:
+        from nepa.eval.run import data_key, eval_splits, evaluate, feature_store, plan
+        from nepa.eval.store import FEATURES
 
+        name, _, init = key.partition("@")
+        device = pick_device("cpu" if cfg.train.device == "cpu" else "auto")
+        if init not in stores:
+            # seeded: the random-init baseline is the objective as a fresh run starts it
+            objective = initialized_objective(cfg) if init else build_objective(cfg)
+            if not init:
+                objective.load_state_dict(load_weights(rd))
+            stores[init] = feature_store(cfg, objective, device, folder=rd / FEATURES)
+            # every protocol of the comparison reads its features from one pass per split
+            plan(stores[init], self.plan.evals, cfg)
+        store = stores[init]
+        splits_key = data_key(cfg)
         if splits_key not in self._splits:
             self._splits = {splits_key: eval_splits(cfg)}  # keep one: splits hold decoded data
         log.info("compare: %s on %s", key, rd.name)
         splits = self._splits[splits_key]
-        return evaluate(name, cfg, objective, device, random_init=bool(init), splits=splits)
+        return evaluate(
+            name, cfg, store.objective, device, random_init=bool(init), splits=splits, store=store
+        )
 
 
 def run_summary(rd: Path) -> dict:

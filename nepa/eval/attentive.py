@@ -4,7 +4,7 @@ A few learned queries cross-attend over the (B, T, D) token outputs of one layer
 get a LayerNorm first); the attended vectors go through LayerNorm + Linear to the classes. Unlike
 mean pooling, the probe can pick out the tokens that carry the class wherever they are.
 
-Tokens are extracted once (float16 on the CPU). The peak learning rate is chosen on a stratified
+Tokens come from :mod:`nepa.eval.store` (float16 on the CPU). The peak learning rate is chosen on a stratified
 validation split carved from train, never on test; the probe is then retrained on all of train
 with that rate and scored once on test. Training is seeded, so it is deterministic on the CPU.
 """
@@ -15,12 +15,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
-from torch.utils.data import Dataset
 
-from nepa.batch import to_device
-from nepa.eval.features import loader
 from nepa.eval.linear import stratified_split
-from nepa.objectives.base import Objective
 from nepa.params import decay_groups
 from nepa.schema import Config
 from nepa.train.optim import lr_at, warmup_steps
@@ -68,30 +64,6 @@ class AttentiveHead(nn.Module):
         pad = None if keep_BT is None else ~keep_BT
         out_BQD, _ = self.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)
         return self.fc(self.norm(out_BQD.flatten(1)))
-
-
-@torch.inference_mode()
-def extract_tokens(
-    objective: Objective,
-    dataset: Dataset,
-    *,
-    layer: int,
-    attn: str | None,
-    device: torch.device,
-    batch_size: int = 256,
-    bf16: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(N, T, D) float16 CPU token outputs of block ``layer`` (final-normed), and the (N, T)
-    keep mask when the encoder pads (None otherwise)."""
-    objective.eval()
-    tokens, keeps = [], []
-    for batch in loader(dataset, batch_size):
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            feats = objective.features(to_device(batch, device), layers=[layer], attn=attn)
-        tokens.append(feats.layers[0].to(torch.float16).cpu())
-        if feats.keep is not None:
-            keeps.append(feats.keep.cpu())
-    return torch.cat(tokens), (torch.cat(keeps) if keeps else None)
 
 
 def warmup_cosine(

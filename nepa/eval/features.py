@@ -7,6 +7,9 @@ without padding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -70,28 +73,62 @@ def loader(dataset: Dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
 
 
+@dataclass(frozen=True)
+class Need:
+    """One thing a protocol reads from a split: ``pool`` (one of :data:`POOLS`) of block
+    ``layer``'s outputs, an (N, F) matrix; or with pool ``tokens`` the block's (N, T, D)
+    float16 token outputs and their (N, T) keep mask (None when nothing is padded)."""
+
+    layer: int
+    pool: str
+
+
+TOKENS = "tokens"
+
+
 @torch.inference_mode()
+def extract_needs(
+    objective: Objective,
+    dataset: Dataset,
+    needs: set[Need],
+    *,
+    attn: str | None,
+    device: torch.device,
+    batch_size: int = 256,
+    bf16: bool = False,
+) -> dict[Need, Any]:
+    """Every need in one pass over ``dataset`` (eval transform); the backbone runs only up to
+    the deepest layer asked for."""
+    objective.eval()
+    layers = sorted({n.layer for n in needs})
+    out: dict[Need, list] = {n: [] for n in needs}
+    keeps: list[torch.Tensor] = []
+    for batch in loader(dataset, batch_size):
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            feats = objective.features(to_device(batch, device), layers=layers, attn=attn)
+        for n in needs:
+            h = feats.layers[layers.index(n.layer)]
+            if n.pool == TOKENS:
+                out[n].append(h.to(torch.float16).cpu())
+            else:
+                out[n].append(pool_features(feats, layers.index(n.layer), n.pool).float().cpu())
+        if feats.keep is not None:
+            keeps.append(feats.keep.cpu())
+    keep = torch.cat(keeps) if keeps else None
+    return {n: (torch.cat(v), keep) if n.pool == TOKENS else torch.cat(v) for n, v in out.items()}
+
+
 def extract(
     objective: Objective,
     dataset: Dataset,
     *,
     layers: list[int],
     pools: list[str],
-    attn: str | None,
-    device: torch.device,
-    batch_size: int = 256,
-    bf16: bool = False,
+    **kw: Any,
 ) -> dict[tuple[int, str], torch.Tensor]:
     """Features for every (layer, pool) in one pass over ``dataset`` (eval transform)."""
-    objective.eval()
-    out: dict[tuple[int, str], list[torch.Tensor]] = {(l, p): [] for l in layers for p in pools}
-    for batch in loader(dataset, batch_size):
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            feats = objective.features(to_device(batch, device), layers=layers, attn=attn)
-        for i, layer in enumerate(layers):
-            for p in pools:
-                out[(layer, p)].append(pool_features(feats, i, p).float().cpu())
-    return {key: torch.cat(v) for key, v in out.items()}
+    needs = {Need(l, p) for l in layers for p in pools}
+    return {(n.layer, n.pool): v for n, v in extract_needs(objective, dataset, needs, **kw).items()}
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:

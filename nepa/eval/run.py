@@ -1,16 +1,21 @@
 """Evaluation protocols, one registry entry each: kNN, linear and attentive probes on frozen
 features, and full fine-tuning.
 
-An entry is ``fn(cfg, objective, device, splits=None) -> dict`` (``splits``: the (train, test)
-datasets, built from ``cfg.data`` when None); it reads the model only through the objective
-(``features``, ``backbone``). The registry drives ``nepa eval <protocol>`` and
-``nepa compare --eval``, so a new protocol (zero-shot classification, retrieval) is one entry.
+An entry is ``fn(cfg, objective, device, splits=None, store=None) -> dict`` (``splits``: the
+(train, test) datasets, built from ``cfg.data`` when None; ``store``: the
+:class:`~nepa.eval.store.FeatureStore` of these weights, a fresh one when None); it reads the
+model only through the objective (``features``, ``backbone``) and the store. A protocol that
+declares what it reads (:func:`reads`) lets :func:`plan` have every protocol's features
+extracted in one pass. The registry drives ``nepa eval <protocol>`` and ``nepa compare --eval``,
+so a new protocol (zero-shot classification, retrieval) is one entry.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,19 +23,32 @@ from torch.utils.data import Dataset
 
 from nepa.config import RunConfig
 from nepa.data.base import build_dataset
-from nepa.eval.attentive import attentive_probe, extract_tokens
-from nepa.eval.features import eval_subset, extract, labels_of, loader
+from nepa.eval.attentive import attentive_probe
+from nepa.eval.features import TOKENS, Need, eval_subset, labels_of, loader
 from nepa.eval.finetune import classify_top1, finetune, finetune_classifier
 from nepa.eval.knn import knn_top1
 from nepa.eval.linear import linear_probe
+from nepa.eval.store import FeatureStore
 from nepa.objectives.base import Objective
 from nepa.registry import Registry
 from nepa.train.build import place, resolve_precision
 
 Protocol = Callable[..., dict]
-#: name -> ``fn(cfg, objective, device, splits=None) -> dict``; its docstring's first line is
-#: the help of ``nepa eval <name>``
+#: name -> ``fn(cfg, objective, device, splits=None, store=None) -> dict``; its docstring's
+#: first line is the help of ``nepa eval <name>``
 PROTOCOLS: Registry[Protocol] = Registry("evaluation protocol")
+#: what a protocol reads: ``needs(cfg, depth) -> [Need]`` (at its own attention mode)
+Needs = Callable[[RunConfig, int], list[Need]]
+
+
+def reads(needs: Needs) -> Callable[[Protocol], Protocol]:
+    """Decorator: declare the features a protocol reads from each split."""
+
+    def deco(fn: Protocol) -> Protocol:
+        fn.needs = needs  # type: ignore[attr-defined]
+        return fn
+
+    return deco
 
 
 def evaluate(
@@ -41,10 +59,44 @@ def evaluate(
     *,
     random_init: bool,
     splits: tuple[Dataset, Dataset] | None = None,
+    store: FeatureStore | None = None,
 ) -> dict:
     """Run protocol ``name``; the result says which protocol and whether it was random init."""
-    result = PROTOCOLS.get(name)(cfg, objective, device, splits=splits)
+    result = PROTOCOLS.get(name)(cfg, objective, device, splits=splits, store=store)
     return {"protocol": name, "random_init": random_init, **result}
+
+
+def data_key(cfg: RunConfig) -> str:
+    """What names the evaluation splits of ``cfg``: its data config and subset sizes."""
+    return json.dumps([cfg.data.model_dump(mode="json"), cfg.eval.max_train, cfg.eval.max_test])
+
+
+def feature_store(
+    cfg: RunConfig, objective: Objective, device: torch.device, folder: Path | None = None
+) -> FeatureStore:
+    """The feature store of ``objective``'s current weights, at the evaluation batch size and
+    precision; ``folder``: where pooled features persist (a run directory's ``features/``)."""
+    place(objective, device)
+    bf16, _ = resolve_precision(cfg.train.precision, device)
+    return FeatureStore(
+        objective,
+        device,
+        data_key=data_key(cfg),
+        bf16=bf16,
+        batch_size=cfg.eval.batch_size,
+        folder=folder,
+    )
+
+
+def plan(store: FeatureStore, names: list[str], cfg: RunConfig) -> None:
+    """Declare to ``store`` what protocols ``names`` will read, so the first pass over each
+    split extracts all of it."""
+    backbone = store.objective.backbone()
+    attn = cfg.eval.attn or backbone.attn
+    for name in names:
+        needs = getattr(PROTOCOLS.get(name), "needs", None)
+        if needs is not None:
+            store.plan(attn, needs(cfg, backbone.depth))
 
 
 def eval_splits(cfg: RunConfig):
@@ -65,13 +117,16 @@ def resolve_layer(layer: int, depth: int) -> int:
     return resolved
 
 
-def _setup(cfg: RunConfig, objective: Objective, device: torch.device, splits):
-    """(train split, test split, backbone depth, resolved attention mode, bf16)."""
+def _setup(cfg: RunConfig, objective: Objective, device: torch.device, splits, store):
+    """(train split, test split, backbone depth, resolved attention mode, feature store)."""
     train_ds, test_ds = splits or eval_splits(cfg)
-    place(objective, device)
+    store = store or feature_store(cfg, objective, device)
     backbone = objective.backbone()
-    bf16, _ = resolve_precision(cfg.train.precision, device)
-    return train_ds, test_ds, backbone.depth, cfg.eval.attn or backbone.attn, bf16
+    return train_ds, test_ds, backbone.depth, cfg.eval.attn or backbone.attn, store
+
+
+def _pooled(cfg: RunConfig, depth: int) -> list[Need]:
+    return [Need(resolve_layer(cfg.eval.layer, depth), cfg.eval.pool)]
 
 
 def knn_sweep(
@@ -83,11 +138,12 @@ def knn_sweep(
     pools: list[str] | None = None,
     attns: list[str | None] | None = None,
     splits: tuple[Dataset, Dataset] | None = None,
+    store: FeatureStore | None = None,
 ) -> list[dict]:
     """One kNN result per (attn, layer, pool); defaults come from ``cfg.eval``. Features of all
     layers and pools come from one pass over each split per attention mode."""
     e = cfg.eval
-    train_ds, test_ds, depth, own_attn, bf16 = _setup(cfg, objective, device, splits)
+    train_ds, test_ds, depth, own_attn, store = _setup(cfg, objective, device, splits, store)
     layers = [resolve_layer(l, depth) for l in (layers or [e.layer])]
     pools = pools or [e.pool]
     ytr, yte = labels_of(train_ds), labels_of(test_ds)
@@ -95,17 +151,14 @@ def knn_sweep(
     for attn in attns or [e.attn]:
         attn = attn or own_attn
         t0 = time.perf_counter()
-        kw = dict(
-            layers=layers, pools=pools, attn=attn, device=device, batch_size=e.batch_size, bf16=bf16
-        )
-        ftr = extract(objective, train_ds, **kw)
-        fte = extract(objective, test_ds, **kw)
+        store.plan(attn, [Need(l, p) for l in layers for p in pools])
         for layer in layers:
             for pool in pools:
+                need = Need(layer, pool)
                 top1 = knn_top1(
-                    ftr[(layer, pool)],
+                    store.get("train", train_ds, attn, need),
                     ytr,
-                    fte[(layer, pool)],
+                    store.get("test", test_ds, attn, need),
                     yte,
                     num_classes=train_ds.num_classes,
                     k=e.k,
@@ -128,9 +181,12 @@ def knn_sweep(
 
 
 @PROTOCOLS.register("knn")
-def knn_eval(cfg: RunConfig, objective: Objective, device: torch.device, splits=None) -> dict:
+@reads(_pooled)
+def knn_eval(
+    cfg: RunConfig, objective: Objective, device: torch.device, splits=None, store=None
+) -> dict:
     """k-NN classification of frozen features (k=20, cosine, temperature-weighted votes)"""
-    return knn_sweep(cfg, objective, device, splits=splits)[0]
+    return knn_sweep(cfg, objective, device, splits=splits, store=store)[0]
 
 
 @torch.no_grad()
@@ -171,17 +227,17 @@ def raw_input_knn(cfg: RunConfig, splits: tuple[Dataset, Dataset] | None = None)
 
 
 @PROTOCOLS.register("linear")
-def linear_eval(cfg: RunConfig, objective: Objective, device: torch.device, splits=None) -> dict:
+@reads(_pooled)
+def linear_eval(
+    cfg: RunConfig, objective: Objective, device: torch.device, splits=None, store=None
+) -> dict:
     """linear probe: standardised features, L2 chosen on a validation split of train"""
     e = cfg.eval
-    train_ds, test_ds, depth, attn, bf16 = _setup(cfg, objective, device, splits)
-    layer = resolve_layer(e.layer, depth)
+    train_ds, test_ds, depth, attn, store = _setup(cfg, objective, device, splits, store)
+    (need,) = _pooled(cfg, depth)
     t0 = time.perf_counter()
-    kw = dict(
-        layers=[layer], pools=[e.pool], attn=attn, device=device, batch_size=e.batch_size, bf16=bf16
-    )
-    ftr = extract(objective, train_ds, **kw)[(layer, e.pool)]
-    fte = extract(objective, test_ds, **kw)[(layer, e.pool)]
+    ftr = store.get("train", train_ds, attn, need)
+    fte = store.get("test", test_ds, attn, need)
     ytr, yte = labels_of(train_ds), labels_of(test_ds)
     result = linear_probe(
         ftr,
@@ -197,7 +253,7 @@ def linear_eval(cfg: RunConfig, objective: Objective, device: torch.device, spli
         **result,
         "n_train": len(ytr),
         "n_test": len(yte),
-        "layer": layer,
+        "layer": need.layer,
         "pool": e.pool,
         "attn": attn,
         "features": int(ftr.shape[1]),
@@ -205,17 +261,23 @@ def linear_eval(cfg: RunConfig, objective: Objective, device: torch.device, spli
     }
 
 
+def _tokens(cfg: RunConfig, depth: int) -> list[Need]:
+    return [Need(resolve_layer(cfg.eval.layer, depth), TOKENS)]
+
+
 @PROTOCOLS.register("attentive")
-def attentive_eval(cfg: RunConfig, objective: Objective, device: torch.device, splits=None) -> dict:
+@reads(_tokens)
+def attentive_eval(
+    cfg: RunConfig, objective: Objective, device: torch.device, splits=None, store=None
+) -> dict:
     """attentive probe: learned queries over frozen tokens (eval.attentive.*), lr chosen on a
     validation split of train"""
     e, a = cfg.eval, cfg.eval.attentive
-    train_ds, test_ds, depth, attn, bf16 = _setup(cfg, objective, device, splits)
-    layer = resolve_layer(e.layer, depth)
+    train_ds, test_ds, depth, attn, store = _setup(cfg, objective, device, splits, store)
+    (need,) = _tokens(cfg, depth)
     t0 = time.perf_counter()
-    kw = dict(layer=layer, attn=attn, device=device, batch_size=e.batch_size, bf16=bf16)
-    train = extract_tokens(objective, train_ds, **kw)
-    test = extract_tokens(objective, test_ds, **kw)
+    train = store.get("train", train_ds, attn, need)
+    test = store.get("test", test_ds, attn, need)
     heads = a.heads or objective.backbone().heads
     ytr, yte = labels_of(train_ds), labels_of(test_ds)
     result = attentive_probe(
@@ -234,7 +296,7 @@ def attentive_eval(cfg: RunConfig, objective: Objective, device: torch.device, s
         **result,
         "n_train": len(ytr),
         "n_test": len(yte),
-        "layer": layer,
+        "layer": need.layer,
         "attn": attn,
         "queries": a.queries,
         "heads": heads,
@@ -248,7 +310,9 @@ def attentive_eval(cfg: RunConfig, objective: Objective, device: torch.device, s
 
 
 @PROTOCOLS.register("finetune")
-def finetune_eval(cfg: RunConfig, objective: Objective, device: torch.device, splits=None) -> dict:
+def finetune_eval(
+    cfg: RunConfig, objective: Objective, device: torch.device, splits=None, store=None
+) -> dict:
     """full fine-tuning: bidirectional attention, layer-wise lr decay, RandAugment,
     mixup/cutmix (eval.finetune.*)"""
     f = cfg.eval.finetune

@@ -281,8 +281,9 @@ class Predictor(nn.Module):
         rope = self.rope_tables(coords_TA, grid)
         mask = self.mask_spec(keep_BT, attn)
         wanted = set(return_layers or [])
+        last = max(wanted) if return_layers else len(self.blocks)  # blocks after it are not run
         outs = {}
-        for i, blk in enumerate(self.blocks, start=1):
+        for i, blk in enumerate(self.blocks[:last], start=1):
             x = blk(x, rope, mask)
             if i in wanted:
                 outs[i] = self.norm(x)

@@ -177,7 +177,9 @@ def test_eval_changes_re_evaluate_but_new_schema_fields_do_not(tmp_path, monkeyp
     monkeypatch.setattr(
         runner.Comparison,
         "_evaluate",
-        lambda self, cfg, rd, key: evaluated.append(key) or real(self, cfg, rd, key),
+        lambda self, cfg, rd, key, stores: (
+            evaluated.append(key) or real(self, cfg, rd, key, stores)
+        ),
     )
     assert main(args) == 0 and evaluated == []
     assert main([*args[:-2], "--set", "eval.k=5", "--out", str(out)]) == 2  # another --set
