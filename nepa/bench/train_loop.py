@@ -30,13 +30,11 @@ TARGET_OUTSIDE = 0.03  # the loop may spend at most this share of its time outsi
 
 def loop_rate(cfg: RunConfig, steps: int, warmup: int, work: Path) -> float:
     """Samples per second of the trainer over ``steps`` steps after ``warmup``."""
-    if steps % warmup:
-        raise ValueError(f"--steps ({steps}) must be a multiple of --warmup ({warmup})")
     cfg = apply_overrides(cfg, [f"train.steps={warmup + steps}", f"train.log_every={warmup}"])
     result = train(cfg, work, progress=False)
     if result.stopped_by != "completed":
         raise RuntimeError(f"the benchmark's training run stopped ({result.stopped_by})")
-    records = [r for r in read_metrics(work / "metrics.jsonl") if "samples_per_s" in r]
+    records = [r for r in read_metrics(work) if "samples_per_s" in r]
     timed = [r for r in records if r["step"] > warmup]
     seconds = sum(warmup * cfg.train.batch_size / r["samples_per_s"] for r in timed)
     return steps * cfg.train.batch_size / seconds
@@ -50,6 +48,8 @@ def run_train_bench(
     rounds: int,
     log: Callable[[str], None] = print,
 ) -> dict:
+    if steps % warmup:  # the run logs every `warmup` steps: the timed steps are whole intervals
+        raise ValueError(f"--steps ({steps}) must be a multiple of --warmup ({warmup})")
     dataset = build_dataset(cfg.data, split="train", train=True)
     batch = next(_batches(cfg, dataset, 0))
     loops, models = [], []

@@ -1,0 +1,29 @@
+"""``nepa bench train``: the trainer's loop and the model step of a tiny recipe, reported
+together (structure and consistency, never timings)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from tiny_recipe import TINY_RECIPE
+
+from nepa.cli import main
+
+
+def test_train_bench_reports_loop_step_and_the_share_between(tmp_path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    args = ["bench", "train", TINY_RECIPE, "--steps", "4", "--warmup", "2", "--rounds", "2"]
+    assert main([*args, "--set", "train.batch_size=8", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert (r["batch"], r["steps"], r["warmup"]) == (8, 4, 2)
+    assert len(r["rounds"]["loop"]) == len(r["rounds"]["model"]) == 2
+    for key in ("loop_samples_per_s", "model_samples_per_s"):
+        assert math.isfinite(r[key]) and r[key] > 0
+    assert math.isclose(r["outside"], 1 - r["loop_samples_per_s"] / r["model_samples_per_s"])
+    assert "of its time is outside the step" in capsys.readouterr().out
+
+
+def test_train_bench_refuses_steps_that_are_not_whole_intervals(capsys) -> None:
+    assert main(["bench", "train", TINY_RECIPE, "--steps", "5", "--warmup", "2"]) == 2
+    assert "must be a multiple of --warmup" in capsys.readouterr().err
