@@ -32,6 +32,11 @@ class EvalConfig(Config):
     max_train: int | None = Field(None, gt=0)
     max_test: int | None = Field(None, gt=0)
     batch_size: int = Field(256, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="of feature extraction: auto is bf16 autocast where the device multiplies "
+        "bf16 natively (CUDA, CPUs with AVX512-BF16 or AMX), fp32 elsewhere",
+    )
     # Linear probe: L2 strengths tried, chosen on this fraction of train held out (never test).
     linear_l2: tuple[float, ...] = Field((1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), min_length=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)

@@ -31,7 +31,7 @@ from nepa.eval.linear import linear_probe
 from nepa.eval.store import FeatureStore
 from nepa.objectives.base import Objective
 from nepa.registry import Registry
-from nepa.train.build import place, resolve_precision
+from nepa.train.build import eval_precision, place, resolve_precision
 
 Protocol = Callable[..., dict]
 #: name -> ``fn(cfg, objective, device, splits=None, store=None) -> dict``; its docstring's
@@ -77,7 +77,7 @@ def feature_store(
     """The feature store of ``objective``'s current weights, at the evaluation batch size and
     precision; ``folder``: where pooled features persist (a run directory's ``features/``)."""
     place(objective, device)
-    bf16, _ = resolve_precision(cfg.train.precision, device)
+    bf16, _ = eval_precision(cfg.eval.precision, device)
     return FeatureStore(
         objective,
         device,
@@ -174,6 +174,7 @@ def knn_sweep(
                         "attn": attn,
                         "k": e.k,
                         "temperature": e.temperature,
+                        "precision": store.precision,
                         "seconds": time.perf_counter() - t0,
                     }
                 )
@@ -257,6 +258,7 @@ def linear_eval(
         "pool": e.pool,
         "attn": attn,
         "features": int(ftr.shape[1]),
+        "precision": store.precision,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -305,6 +307,7 @@ def attentive_eval(
         "lr_grid": list(a.lr_grid),
         "weight_decay": a.weight_decay,
         "tokens": int(train[0].shape[1]),
+        "precision": store.precision,
         "seconds": time.perf_counter() - t0,
     }
 

@@ -68,6 +68,11 @@ class FeatureStore:
         self.memory: dict[tuple[str, str, Need], Any] = {}
         self.passes = 0  # extraction passes over a split (tests and logs read it)
 
+    @property
+    def precision(self) -> str:
+        """Of the extraction: bf16 (autocast) or fp32."""
+        return "bf16" if self.bf16 else "fp32"
+
     def plan(self, attn: str, needs: list[Need]) -> None:
         """Declare what later calls will ask for, so the first pass over a split extracts it
         all."""
@@ -106,7 +111,7 @@ class FeatureStore:
             "attn": attn,
             "layer": str(need.layer),
             "pool": need.pool,
-            "precision": "bf16" if self.bf16 else "fp32",
+            "precision": self.precision,
         }
 
     def _file(self, key: tuple[str, str, Need]) -> Path | None:

@@ -81,7 +81,9 @@ def test_features_persist_by_weights_and_data(loaded, tmp_path, monkeypatch, cap
     again = feature_store(cfg, objective, CPU, folder=tmp_path)
     assert torch.equal(again.get("train", train, "causal", need), x) and calls == []
     # equal to extracting directly
-    direct = extract(objective, train, layers=[1], pools=["grid2"], attn="causal", device=CPU)
+    direct = extract(
+        objective, train, layers=[1], pools=["grid2"], attn="causal", device=CPU, bf16=first.bf16
+    )
     assert torch.equal(direct[(1, "grid2")], x)
     # other data (a different subset size) or another attention mode: not read from the file
     other = feature_store(
@@ -124,3 +126,24 @@ def test_the_backbone_stops_at_the_deepest_layer_asked_for(loaded) -> None:
         for h in hooks:
             h.remove()
     assert set(ran) == {0} and len(blocks) == 2
+
+
+def test_extraction_precision_is_recorded_and_keys_the_cache(loaded, tmp_path) -> None:
+    from nepa.train.build import eval_precision, native_cpu_bf16
+
+    cfg, objective, splits = loaded
+    assert eval_precision("auto", CPU) == (
+        native_cpu_bf16(),
+        f"auto: {'native' if native_cpu_bf16() else 'no native'} bf16 on cpu",
+    )
+    fp32 = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"precision": "fp32"})})
+    r = evaluate("knn", fp32, objective, CPU, random_init=False, splits=splits)
+    assert r["precision"] == "fp32"
+    a = feature_store(fp32, objective, CPU, folder=tmp_path)
+    b16 = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"precision": "bf16"})})
+    b = feature_store(b16, objective, CPU, folder=tmp_path)
+    need = Need(1, "mean")
+    xa, xb = a.get("test", splits[1], "causal", need), b.get("test", splits[1], "causal", need)
+    assert (a.precision, b.precision) == ("fp32", "bf16")
+    assert len(list((tmp_path / a.hash[:16]).iterdir())) == 2  # one file per precision
+    torch.testing.assert_close(xa, xb, rtol=0.05, atol=0.05)  # bf16 rounding, not other data
