@@ -9,7 +9,9 @@ step and the loader's start, is left out). The model step is the same objective 
 precision on one real batch of that loader: forward, backward, gradient clipping, AdamW and the
 objective's hooks, and nothing else (:func:`nepa.bench.recipe_loader.step_rate`). Rounds
 alternate the two; each figure is the median over rounds. ``outside`` is the share of the
-loop's time spent outside the model step, ``1 - loop rate / step rate``; the target is 3%.
+loop's time spent outside the model step, ``1 - loop rate / step rate`` per round (the machine's
+speed drifts between rounds), its median; the target is 3%. ``data_wait`` is the part of the
+loop's time spent waiting for batches, from the trainer's own records.
 """
 
 from __future__ import annotations
@@ -28,16 +30,18 @@ from nepa.train.trainer import train
 TARGET_OUTSIDE = 0.03  # the loop may spend at most this share of its time outside the step
 
 
-def loop_rate(cfg: RunConfig, steps: int, warmup: int, work: Path) -> float:
-    """Samples per second of the trainer over ``steps`` steps after ``warmup``."""
+def loop_rate(cfg: RunConfig, steps: int, warmup: int, work: Path) -> tuple[float, float]:
+    """(samples per second of the trainer over ``steps`` steps after ``warmup``, the share of
+    that time it waited for batches, from its own ``data_wait`` records)."""
     cfg = apply_overrides(cfg, [f"train.steps={warmup + steps}", f"train.log_every={warmup}"])
     result = train(cfg, work, progress=False)
     if result.stopped_by != "completed":
         raise RuntimeError(f"the benchmark's training run stopped ({result.stopped_by})")
     records = [r for r in read_metrics(work) if "samples_per_s" in r]
     timed = [r for r in records if r["step"] > warmup]
-    seconds = sum(warmup * cfg.train.batch_size / r["samples_per_s"] for r in timed)
-    return steps * cfg.train.batch_size / seconds
+    dts = [warmup * cfg.train.batch_size / r["samples_per_s"] for r in timed]
+    waited = sum(r["data_wait"] * dt for r, dt in zip(timed, dts, strict=True))
+    return steps * cfg.train.batch_size / sum(dts), waited / sum(dts)
 
 
 def run_train_bench(
@@ -52,21 +56,24 @@ def run_train_bench(
         raise ValueError(f"--steps ({steps}) must be a multiple of --warmup ({warmup})")
     dataset = build_dataset(cfg.data, split="train", train=True)
     batch = next(_batches(cfg, dataset, 0))
-    loops, models = [], []
+    loops, models, waits = [], [], []
     with tempfile.TemporaryDirectory(prefix="nepa-bench-train-") as tmp:
         for r in range(rounds):
-            loops.append(loop_rate(cfg, steps, warmup, Path(tmp) / f"round{r}"))
+            rate, wait = loop_rate(cfg, steps, warmup, Path(tmp) / f"round{r}")
+            loops.append(rate)
+            waits.append(wait)
             models.append(step_rate(cfg, batch, steps))
             log(
-                f"{cfg.name}: round {r + 1}/{rounds}: loop {loops[-1]:,.1f} samples/s, "
-                f"model step {models[-1]:,.1f} samples/s"
+                f"{cfg.name}: round {r + 1}/{rounds}: loop {rate:,.1f} samples/s "
+                f"({100 * wait:.1f}% waiting for data), model step {models[-1]:,.1f} samples/s"
             )
-    loop, model = statistics.median(loops), statistics.median(models)
-    outside = 1 - loop / model
+    # each round's loop against the step measured right after it: the machine's speed drifts
+    outside = statistics.median(1 - l / m for l, m in zip(loops, models, strict=True))
+    loop, model, wait = (statistics.median(x) for x in (loops, models, waits))
     log(
         f"{cfg.name}: the training loop runs at {loop:,.1f} samples/s against the model step's "
-        f"{model:,.1f}: {100 * outside:.1f}% of its time is outside the step "
-        f"(target <= {100 * TARGET_OUTSIDE:.0f}%)"
+        f"{model:,.1f}: {100 * outside:.1f}% of its time is outside the step, "
+        f"{100 * wait:.1f}% waiting for data (target <= {100 * TARGET_OUTSIDE:.0f}% outside)"
     )
     return {
         "recipe": cfg.name,
@@ -78,6 +85,7 @@ def run_train_bench(
         "loop_samples_per_s": loop,
         "model_samples_per_s": model,
         "outside": outside,
+        "data_wait": wait,
         "target_outside": TARGET_OUTSIDE,
-        "rounds": {"loop": loops, "model": models},
+        "rounds": {"loop": loops, "model": models, "data_wait": waits},
     }

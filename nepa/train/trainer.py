@@ -121,6 +121,7 @@ class Trainer:
         self._restored_health: dict = {}
         self._saved_health: dict = {}
         self._metric_names: list[str] | None = None  # fixed by the objective's first step
+        self._data_wait = 0.0  # seconds spent waiting for batches since the last log record
         self.flops_per_step: float | None = None  # counted on this start's first step
         self._resume: dict | None = None  # this start's resume: step, checkpoint, changes
         self._interrupts = 0
@@ -338,6 +339,9 @@ class Trainer:
                     "grad_norm": grad_norm,
                     "samples_per_s": samples / dt,
                     "tokens_per_s": tokens / dt,
+                    # share of the interval's wall time spent waiting for batches (timm's
+                    # data_time): what a faster loader or more workers could win back
+                    "data_wait": self._data_wait / dt,
                     "train_flops": self.flops_per_step * self.step,
                     **step_metrics,
                     **data_metrics,
@@ -354,7 +358,7 @@ class Trainer:
                 )
                 if not (progress and self.env.is_main):
                     log.info("step %d/%d: %s", self.step, total, _format(record))
-                tick, samples, tokens = time.perf_counter(), 0, 0.0
+                tick, samples, tokens, self._data_wait = time.perf_counter(), 0, 0.0, 0.0
             stats = self.objective.monitor(self.step)
             if stats and self.env.is_main:
                 self.run_dir.log({"step": self.step, **stats})
@@ -389,7 +393,9 @@ class Trainer:
         chunk = self.cfg.train.batch_size // accum  # samples per micro-step over all ranks
         total, sums, n = torch.zeros((), device=dev), None, 0
         for micro in range(accum):
+            t0 = time.perf_counter()
             batch, meta = next(batches)
+            self._data_wait += time.perf_counter() - t0
             # where this micro-batch starts in the step's global batch (the sampler's layout)
             self.objective.on_micro_batch(micro * chunk + self.env.rank * (chunk // self.env.world))
             self._loader.observe(meta, self.step * accum + micro, self.env.rank)
