@@ -6,6 +6,8 @@ nepa bench step [--dim 384 --depth 12 --heads 6 --tokens 256 --batch B
 nepa bench loader [--archive CIFAR_TAR_GZ --work DIR --workers 0,1,2 --batch 128
                    --batches 40 --rounds 3 --json FILE]
 nepa bench train RECIPE [--steps 20 --warmup 5 --rounds 3 --set KEY=VALUE --json FILE]
+nepa bench optim RECIPE [--rounds 20 --json FILE]
+nepa bench extract RECIPE [--images 2048 --batch 256,1024 --rounds 3 --json FILE]
 """
 
 from __future__ import annotations
@@ -100,6 +102,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overrides(loop, "train.num_workers=1")
     loop.set_defaults(func=_train)
 
+    optim = sub.add_parser(
+        "optim",
+        help="one AdamW step over a recipe's parameters with each torch kernel, side by side",
+    )
+    optim.add_argument("recipe", metavar="MODULE_OR_FILE:FUNCTION")
+    optim.add_argument("--rounds", type=int, default=20)
+    optim.add_argument("--json", type=Path, metavar="FILE")
+    add_overrides(optim, "predictor.dim=384")
+    optim.set_defaults(func=_part)
+
+    extract = sub.add_parser(
+        "extract",
+        help="frozen-feature extraction of a recipe's model, fp32 against bf16, side by side",
+    )
+    extract.add_argument("recipe", metavar="MODULE_OR_FILE:FUNCTION")
+    extract.add_argument("--images", type=int, default=2048, help="test items per extraction")
+    extract.add_argument("--batch", default="256,1024", help="comma-separated batch sizes")
+    extract.add_argument("--rounds", type=int, default=3)
+    extract.add_argument("--json", type=Path, metavar="FILE")
+    add_overrides(extract, "eval.layer=-1")
+    extract.set_defaults(func=_part)
+
 
 def _loader(args: argparse.Namespace) -> int:
     from nepa.bench.loader import LoaderBenchConfig, run_loader_bench
@@ -160,6 +184,30 @@ def _train(args: argparse.Namespace) -> int:
         result = run_train_bench(cfg, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"nepa bench train: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _part(args: argparse.Namespace) -> int:
+    from nepa.bench.parts import bench_extract, bench_optim
+    from nepa.config import ConfigError, load_recipe
+
+    try:
+        if args.rounds < 1:
+            raise ValueError("--rounds must be at least 1")
+        cfg, _ = load_recipe(args.recipe, args.overrides)
+        if args.bench_command == "optim":
+            result = bench_optim(cfg, args.rounds)
+        else:
+            try:
+                batches = tuple(int(b) for b in args.batch.split(","))
+            except ValueError:
+                raise ValueError(f"--batch must be like 256,1024, got {args.batch!r}") from None
+            result = bench_extract(cfg, images=args.images, batch_sizes=batches, rounds=args.rounds)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"nepa bench {args.bench_command}: error: {e}", file=sys.stderr)
         return 2
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -29,3 +29,19 @@ def test_train_bench_reports_loop_step_and_the_share_between(tmp_path, capsys) -
 def test_train_bench_refuses_steps_that_are_not_whole_intervals(capsys) -> None:
     assert main(["bench", "train", TINY_RECIPE, "--steps", "5", "--warmup", "2"]) == 2
     assert "must be a multiple of --warmup" in capsys.readouterr().err
+
+
+def test_optimizer_and_extraction_benches_report_every_variant(tmp_path, capsys) -> None:
+    out = tmp_path / "optim.json"
+    assert main(["bench", "optim", TINY_RECIPE, "--rounds", "2", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["seconds"]) == {"for_loop", "foreach", "fused"} and r["parameters"] > 0
+    assert all(math.isfinite(s) and s > 0 for s in r["seconds"].values())
+    out = tmp_path / "extract.json"
+    args = ["bench", "extract", TINY_RECIPE, "--images", "40", "--batch", "8,16"]
+    assert main([*args, "--rounds", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["items_per_s"]) == {"fp32@8", "fp32@16", "bf16@8", "bf16@16"}
+    assert r["items"] == 40 and r["layer"] == 1  # eval.layer=-2 of 2 blocks
+    assert main([*args[:-2], "--batch", "x"]) == 2
+    assert "--batch must be like 256,1024" in capsys.readouterr().err
