@@ -52,8 +52,8 @@ def native_cpu_bf16() -> bool:
 
 def eval_precision(requested: str, device: torch.device) -> tuple[bool, str]:
     """-> (extract features under bf16 autocast, reason). ``auto`` is bf16 wherever the device
-    multiplies bf16 natively: inference has no backward casts, and extraction measured 1.2-1.7x
-    faster in bf16 than fp32 on a 2-core AVX512-BF16 CPU (benchmarks/README.md)."""
+    multiplies bf16 natively: inference has no backward casts, and extraction measured 2.1x faster
+    in bf16 than fp32 on a 2-core AVX512-BF16 CPU (``nepa bench extract``, benchmarks/README.md)."""
     if requested != "auto":
         return resolve_precision(requested, device)
     if device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16()):

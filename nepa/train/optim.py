@@ -28,7 +28,7 @@ class OptimConfig(Config):
     impl: Literal["fused", "foreach", "for_loop"] = Field(
         "fused",
         description="torch's AdamW kernel: fused (one kernel for all parameters, CPU and CUDA; "
-        "2.4x faster than for_loop on 2.7M parameters on a 2-core CPU), foreach or for_loop",
+        "2.4-5.2x faster than for_loop on 2 CPU cores, `nepa bench optim`), foreach or for_loop",
     )
 
     @field_validator("betas")
