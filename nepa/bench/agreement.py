@@ -12,7 +12,8 @@ def _forward_backward(model, emb, coords, grid, bf16: bool, device: torch.device
     model.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         h = model(emb, coords, grid)  # (B, T + 1, D)
-        loss = nepa_loss(*prediction_target(h, emb, shift=True, stop_grad=True))
+        p, t, _ = prediction_target(h, emb, None, shift=True, stop_grad=True, start_token=True)
+        loss = nepa_loss(p, t)
     loss.backward()
     return h.detach().float(), {n: p.grad.detach().float() for n, p in model.named_parameters()}
 

@@ -146,3 +146,19 @@ def test_predictor_fast_paths_equal_reference_formulas() -> None:
     y = x + blk.ls1(blk.attn(blk.norm1(x), rope, mask))
     y = y + blk.ls2(blk.mlp(blk.norm2(y)))
     torch.testing.assert_close(blk(x, rope, mask), y, rtol=1e-6, atol=1e-6)
+
+
+def test_the_agreement_check_runs_its_step_on_any_device() -> None:
+    """The GPU check's forward/backward (xformers against SDPA) on the CPU with SDPA: it had
+    fallen behind the objective's signature, which only a GPU run would have shown."""
+    from nepa.bench.agreement import _forward_backward
+    from nepa.bench.models import bench_inputs
+
+    shape = Shape(dim=32, depth=1, heads=2, tokens=16)
+    cpu = torch.device("cpu")
+    model = build_model("full", shape, cpu, 0)
+    emb, coords = bench_inputs(shape, 2, cpu, 0)
+    h, grads = _forward_backward(model, emb, coords, shape.grid, False, cpu)
+    assert h.shape == (2, 17, 32) and torch.isfinite(h).all()
+    assert set(grads) == {n for n, _ in model.named_parameters()}
+    assert all(torch.isfinite(g).all() for g in grads.values())
