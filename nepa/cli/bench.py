@@ -57,6 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--matmul-size", type=int, help="square matmul size (default: 2048 CPU, 8192 CUDA)"
     )
     step.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="also profile one step of each model (torch.profiler) and print its top ROWS ops",
+    )
+    step.add_argument(
         "--json", type=Path, metavar="FILE", help="also write every figure and machine info here"
     )
     step.set_defaults(func=_step)
@@ -238,6 +245,7 @@ def _step(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         device=args.device,
         matmul_size=args.matmul_size,
+        profile=args.profile,
     )
     try:
         check_config(cfg)

@@ -78,6 +78,18 @@ def test_cli_writes_json(tmp_path) -> None:
     data = json.loads(out.read_text())
     assert [r["model"] for r in data["runs"]] == ["timm", "matched", "full"]
     assert data["config"]["precisions"] == ["fp32"]
+    assert all("profile" not in r for r in data["runs"])
+
+
+def test_profile_prints_each_models_top_ops(capsys) -> None:
+    args = ["bench", "step", "--precision", "fp32", "--device", "cpu", "--matmul-size", "64"]
+    assert main([*args, *(f"--{k}={v}" for k, v in TINY.items()), "--profile", "4"]) == 0
+    out = capsys.readouterr().out
+    for model in ("timm", "matched", "full"):
+        table = out.split(f"profile of one step: fp32 {model}\n")[1].split("\n\n")[0]
+        assert "# of Calls" in table and "Self CPU time total" in table
+        assert len(table.splitlines()) == 3 + 4 + 2  # header, the 4 top ops, footer
+    assert main([*args, "--profile", "-1"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -88,6 +100,7 @@ def test_cli_writes_json(tmp_path) -> None:
         {"dim": 30, "heads": 2},  # head dim 15: odd
         {"batch": 0},
         {"device": "tpu"},
+        {"profile": -1},
     ],
 )
 def test_bad_config_raises_before_running(change) -> None:
