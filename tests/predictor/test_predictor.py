@@ -320,12 +320,12 @@ def test_start_token_gets_identity_rotation() -> None:
     grid = (3, 5)
     coords = _coords(grid)[torch.randperm(15)]
     cos, sin = pred.rope_tables(coords, grid)
-    assert cos.shape == sin.shape == (16, 1, 16)
-    torch.testing.assert_close(cos[0], torch.ones(1, 16), rtol=0, atol=0)
-    torch.testing.assert_close(sin[0], torch.zeros(1, 16), rtol=0, atol=0)
+    assert cos.shape == sin.shape == (16, 2, 16)  # (S, heads, Dh): written out per head
+    torch.testing.assert_close(cos[0], torch.ones(2, 16), rtol=0, atol=0)
+    torch.testing.assert_close(sin[0], torch.zeros(2, 16), rtol=0, atol=0)
     ref_cos, ref_sin = pred.rope.tables(normalized_coords(coords, grid))
-    torch.testing.assert_close(cos[1:], ref_cos, rtol=0, atol=0)
-    torch.testing.assert_close(sin[1:], ref_sin, rtol=0, atol=0)
+    torch.testing.assert_close(cos[1:], ref_cos.expand(-1, 2, -1), rtol=0, atol=0)
+    torch.testing.assert_close(sin[1:], ref_sin.expand(-1, 2, -1), rtol=0, atol=0)
     assert pred.rope_tables(coords, grid) is not None
     assert (
         Predictor(cfg.model_copy(update={"rope": False}), n_axes=2).rope_tables(coords, grid)

@@ -71,7 +71,7 @@ def test_per_sample_coords_equal_to_shared_give_identical_outputs_and_gradients(
         results.append((out.detach(), maps, *grads))
         cos, _ = pred.rope_tables(coords, grid)
         S = 12 + int(start_token)
-        assert cos.shape == ((S, 1, 16) if coords.ndim == 2 else (2, S, 1, 16))
+        assert cos.shape == ((S, 2, 16) if coords.ndim == 2 else (2, S, 2, 16))  # per head
     for per_sample in results[1:]:
         for a, b in zip(results[0], per_sample, strict=True):
             torch.testing.assert_close(b, a, rtol=0, atol=0)
@@ -141,11 +141,12 @@ def test_start_token_option_shapes_parameters_and_tables(start_token: bool) -> N
     assert torch.all(maps.triu(diagonal=1) == 0)  # causal
     cos, sin = pred.rope_tables(coords, grid)
     ref_cos, ref_sin = pred.rope.tables(normalized_coords(coords, grid))
-    assert cos.shape == (S, 1, 16)
+    assert cos.shape == (S, 2, 16)  # written out for each of the 2 heads
     # the tokens' rows are RoPE's own; a start token adds one identity row in front
-    assert torch.equal(cos[-12:], ref_cos) and torch.equal(sin[-12:], ref_sin)
+    assert torch.equal(cos[-12:], ref_cos.expand(-1, 2, -1))
+    assert torch.equal(sin[-12:], ref_sin.expand(-1, 2, -1))
     if start_token:
-        assert torch.equal(cos[0], torch.ones(1, 16)) and torch.equal(sin[0], torch.zeros(1, 16))
+        assert torch.equal(cos[0], torch.ones(2, 16)) and torch.equal(sin[0], torch.zeros(2, 16))
 
 
 def test_without_start_token_the_first_output_sees_only_the_first_token() -> None:
@@ -232,7 +233,7 @@ def test_set_step_seed_fixes_the_rope_rescale() -> None:
     assert torch.equal(a, b)  # one scale for the whole step
     ref = RotaryND(16, 2, rescale=(0.5, 2.0)).train()
     ref.set_step_seed(7)
-    assert torch.equal(a[1:], ref.tables(normalized_coords(coords, grid))[0])
+    assert torch.equal(a[1:], ref.tables(normalized_coords(coords, grid))[0].expand(-1, 2, -1))
     pred.set_step_seed(8)
     assert not torch.allclose(pred.rope_tables(coords, grid)[0], a)
     no_rope = _pred(rope=False)
