@@ -21,9 +21,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from nepa.bench.recipe_loader import _batches, step_rate
+from nepa.bench.recipe_loader import step_rate
 from nepa.config import RunConfig, apply_overrides
 from nepa.data.base import build_dataset
+from nepa.data.loader import single_process_batches
 from nepa.train.rundir import read_metrics
 from nepa.train.trainer import train
 
@@ -55,7 +56,7 @@ def run_train_bench(
     if steps % warmup:  # the run logs every `warmup` steps: the timed steps are whole intervals
         raise ValueError(f"--steps ({steps}) must be a multiple of --warmup ({warmup})")
     dataset = build_dataset(cfg.data, split="train", train=True)
-    batch = next(_batches(cfg, dataset, 0))
+    batch = next(single_process_batches(dataset, global_batch=cfg.train.batch_size, seed=cfg.seed))
     loops, models, waits = [], [], []
     with tempfile.TemporaryDirectory(prefix="nepa-bench-train-") as tmp:
         for r in range(rounds):

@@ -15,9 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nepa.cli import add_overrides, usage
+
+if TYPE_CHECKING:
+    from nepa.config import RunConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -117,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     optim.add_argument("--rounds", type=int, default=20)
     optim.add_argument("--json", type=Path, metavar="FILE")
     add_overrides(optim, "predictor.dim=384")
-    optim.set_defaults(func=_part)
+    optim.set_defaults(func=_optim)
 
     extract = sub.add_parser(
         "extract",
@@ -129,7 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument("--rounds", type=int, default=3)
     extract.add_argument("--json", type=Path, metavar="FILE")
     add_overrides(extract, "eval.layer=-1")
-    extract.set_defaults(func=_part)
+    extract.set_defaults(func=_extract)
 
 
 def _loader(args: argparse.Namespace) -> int:
@@ -163,62 +168,79 @@ def _loader(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe_loader(args: argparse.Namespace, workers: tuple[int, ...]) -> int:
-    from nepa.bench.recipe_loader import run_recipe_loader_bench
+def _recipe_bench(
+    args: argparse.Namespace,
+    command: str,
+    run: Callable[[RunConfig], dict],
+    check: Callable[[], None] = lambda: None,
+) -> int:
+    """One benchmark of ``args.recipe`` (with its ``--set`` overrides): ``check`` the flags
+    first, then ``run(cfg)``, then write ``--json``. A bad flag, recipe, file or setting is a
+    one-line error and exit code 2."""
     from nepa.config import ConfigError, load_recipe
 
     try:
+        check()
         cfg, _ = load_recipe(args.recipe, args.overrides)
-        result = run_recipe_loader_bench(
-            cfg, workers=workers, batches=args.batches, rounds=args.rounds
-        )
+        result = run(cfg)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"nepa bench loader: error: {e}", file=sys.stderr)
+        print(f"nepa bench {command}: error: {e}", file=sys.stderr)
         return 2
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _at_least_one(args: argparse.Namespace, *names: str) -> Callable[[], None]:
+    def check() -> None:
+        if any(getattr(args, n) < 1 for n in names):
+            flags = [f"--{n}" for n in names]
+            joined = ", ".join(flags[:-1]) + " and " + flags[-1] if len(flags) > 1 else flags[0]
+            raise ValueError(f"{joined} must be at least 1")
+
+    return check
+
+
+def _recipe_loader(args: argparse.Namespace, workers: tuple[int, ...]) -> int:
+    from nepa.bench.recipe_loader import run_recipe_loader_bench
+
+    def run(cfg: RunConfig) -> dict:
+        return run_recipe_loader_bench(
+            cfg, workers=workers, batches=args.batches, rounds=args.rounds
+        )
+
+    return _recipe_bench(args, "loader", run)
 
 
 def _train(args: argparse.Namespace) -> int:
     from nepa.bench.train_loop import run_train_bench
-    from nepa.config import ConfigError, load_recipe
 
-    try:
-        if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
-            raise ValueError("--steps, --warmup and --rounds must be at least 1")
-        cfg, _ = load_recipe(args.recipe, args.overrides)
-        result = run_train_bench(cfg, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"nepa bench train: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    def run(cfg: RunConfig) -> dict:
+        return run_train_bench(cfg, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+
+    return _recipe_bench(args, "train", run, _at_least_one(args, "steps", "warmup", "rounds"))
 
 
-def _part(args: argparse.Namespace) -> int:
-    from nepa.bench.parts import bench_extract, bench_optim
-    from nepa.config import ConfigError, load_recipe
+def _optim(args: argparse.Namespace) -> int:
+    from nepa.bench.parts import bench_optim
 
-    try:
-        if args.rounds < 1:
-            raise ValueError("--rounds must be at least 1")
-        cfg, _ = load_recipe(args.recipe, args.overrides)
-        if args.bench_command == "optim":
-            result = bench_optim(cfg, args.rounds)
-        else:
-            try:
-                batches = tuple(int(b) for b in args.batch.split(","))
-            except ValueError:
-                raise ValueError(f"--batch must be like 256,1024, got {args.batch!r}") from None
-            result = bench_extract(cfg, images=args.images, batch_sizes=batches, rounds=args.rounds)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"nepa bench {args.bench_command}: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    def run(cfg: RunConfig) -> dict:
+        return bench_optim(cfg, args.rounds)
+
+    return _recipe_bench(args, "optim", run, _at_least_one(args, "rounds"))
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from nepa.bench.parts import bench_extract
+
+    def run(cfg: RunConfig) -> dict:
+        try:
+            batches = tuple(int(b) for b in args.batch.split(","))
+        except ValueError:
+            raise ValueError(f"--batch must be like 256,1024, got {args.batch!r}") from None
+        return bench_extract(cfg, images=args.images, batch_sizes=batches, rounds=args.rounds)
+
+    return _recipe_bench(args, "extract", run, _at_least_one(args, "rounds"))
 
 
 def _step(args: argparse.Namespace) -> int:
