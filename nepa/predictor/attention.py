@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+
+from nepa.predictor.sdpa_kernels import pick, run_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,13 @@ def attention(
     mask: MaskSpec,
     backend: str,
     dropout_p: float = 0.0,
+    kernel: str = "default",
 ) -> torch.Tensor:
-    """Scaled dot-product attention. q, k, v: (B, T, H, Dh) -> (B, T, H, Dh)."""
+    """Scaled dot-product attention. q, k, v: (B, T, H, Dh) -> (B, T, H, Dh). ``kernel``: which
+    of SDPA's equivalent formulations runs (see :mod:`nepa.predictor.sdpa_kernels`)."""
     if backend == "xformers":
         return _xformers(q, k, v, mask, dropout_p)
-    return _sdpa(q, k, v, mask, dropout_p)
+    return _sdpa(q, k, v, mask, dropout_p, kernel)
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec) -> torch.Tensor:
@@ -118,16 +121,16 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec) -> torch
     return scores.softmax(dim=-1)
 
 
-def _sdpa(q, k, v, mask: MaskSpec, dropout_p: float) -> torch.Tensor:
+def _sdpa(q, k, v, mask: MaskSpec, dropout_p: float, kernel: str) -> torch.Tensor:
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, Dh)
     T = q.shape[2]
     if mask.mode == "causal" and mask.keep is None:
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        kw = {"is_causal": True}
     else:
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.dense(T, q.device), dropout_p=dropout_p
-        )
-    return out.transpose(1, 2)
+        kw = {"attn_mask": mask.dense(T, q.device)}
+    kind = mask.mode + ("+keep" if mask.keep is not None else "")
+    kernel = pick(kernel, q, k, v, kind, **kw)
+    return run_sdpa(kernel, q, k, v, dropout_p=dropout_p, **kw).transpose(1, 2)
 
 
 def _xformers(q, k, v, mask: MaskSpec, dropout_p: float) -> torch.Tensor:

@@ -35,6 +35,13 @@ class PredictorConfig(Config):
     attn: Literal["causal", "bidirectional", "prefix"] = "causal"
     prefix_len: int = Field(0, ge=0)
     attn_backend: Literal["auto", "xformers", "sdpa"] = "auto"
+    sdpa_kernel: Literal["auto", "default", "math", "fp32"] = Field(
+        "auto",
+        description="with the sdpa backend, which of torch's equivalent formulations runs: "
+        "default (torch's dispatch), math (unfused), fp32 (bf16 inputs attended in fp32); "
+        "auto times them on the CPU at each new shape and keeps the fastest "
+        "(see nepa.predictor.sdpa_kernels)",
+    )
     qkv_bias: bool = True
     start_token: bool = True
 

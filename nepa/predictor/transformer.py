@@ -62,12 +62,13 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(cfg.head_dim) if cfg.qk_norm else nn.Identity()
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.backend = "sdpa"  # set by Predictor.set_backend
+        self.kernel = cfg.sdpa_kernel
 
     def forward(
         self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: MaskSpec
     ) -> torch.Tensor:
         B, T, D = x_BTD.shape
-        out = attention(*self.heads_qkv(x_BTD, rope), mask, self.backend)
+        out = attention(*self.heads_qkv(x_BTD, rope), mask, self.backend, kernel=self.kernel)
         return self.proj(out.reshape(B, T, D))
 
     def heads_qkv(

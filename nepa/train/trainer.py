@@ -23,6 +23,7 @@ from nepa.data.base import build_dataset, sample_batches
 from nepa.data.loader import TrainLoader, train_loader
 from nepa.data.sampler import check_layout
 from nepa.data.shards.health import BadDataError
+from nepa.predictor.sdpa_kernels import restore_kernels, tuned_kernels
 from nepa.train.build import build_objective, place, resolve_precision
 from nepa.train.checkpoint import (
     CheckpointError,
@@ -139,6 +140,7 @@ class Trainer:
             "world_size": self.env.world,
             "data": self._data_state,
             "data_health": self._saved_health,
+            "sdpa_kernels": tuned_kernels(),
         }
 
     def restore(self) -> None:
@@ -153,6 +155,7 @@ class Trainer:
         self.objective.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
+        restore_kernels(state.get("sdpa_kernels") or {})  # the kernels the run has used
         self.step = int(state["step"])
         if self.env.is_main:  # the steps after the checkpoint are logged again: keep them once
             self.run_dir.truncate_metrics(self.step)
