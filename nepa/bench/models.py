@@ -7,6 +7,9 @@ Variants (all see ``T + 1`` positions: a learned start / class token, then the T
 - ``matched``: the nepa predictor shaped like it: no RoPE, no QK-norm, GeLU, no LayerScale.
 - ``full``: the NEPA block: 2-D RoPE, QK-norm, SwiGLU, LayerScale 1e-5.
 - ``full-xformers``: ``full`` with the xformers attention backend (CUDA only).
+- ``matched-torch``, ``full-torch``: with SDPA's kernel left to torch's dispatch
+  (``predictor.sdpa_kernel=default``), as before the kernel was chosen by measurement: the
+  same process times the choice against torch's own.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ PREDICTOR_VARIANTS = {
     "matched": {**MATCHED, "attn_backend": "sdpa"},
     "full": {**FULL, "attn_backend": "sdpa"},
     "full-xformers": {**FULL, "attn_backend": "xformers"},
+    "matched-torch": {**MATCHED, "attn_backend": "sdpa", "sdpa_kernel": "default"},
+    "full-torch": {**FULL, "attn_backend": "sdpa", "sdpa_kernel": "default"},
 }
 VARIANTS = ["timm", *PREDICTOR_VARIANTS]
 

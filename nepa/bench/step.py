@@ -199,6 +199,9 @@ def ratios(seconds: dict[str, list[float]]) -> dict:
         out["full_slowdown_ok"] = out["full_slowdown_vs_matched"] <= TARGET_FULL_SLOWDOWN
     if "full" in med and "full-xformers" in med:
         out["xformers_vs_sdpa"] = med["full"] / med["full-xformers"]
+    for v in ("matched", "full"):  # the measured kernel choice against torch's dispatch
+        if v in med and f"{v}-torch" in med:
+            out[f"{v}_vs_torch_kernel"] = med[f"{v}-torch"] / med[v]
     return out
 
 
@@ -289,6 +292,9 @@ def format_report(result: dict) -> str:
             )
         if "xformers_vs_sdpa" in q:
             parts.append(f"xformers/sdpa speed {q['xformers_vs_sdpa']:.3f}x")
+        for v in ("matched", "full"):
+            if f"{v}_vs_torch_kernel" in q:
+                parts.append(f"{v} measured/torch SDPA kernel {q[f'{v}_vs_torch_kernel']:.3f}x")
         lines.append(f"{p}: " + "; ".join(parts))
     kernels = {r["model"]: r["attention_kernels"] for r in result["runs"]}
     lines.append(

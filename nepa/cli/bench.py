@@ -62,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--matmul-size", type=int, help="square matmul size (default: 2048 CPU, 8192 CUDA)"
     )
     step.add_argument(
+        "--variants",
+        help="comma-separated models (default: timm,matched,full, plus full-xformers on CUDA "
+        "with xformers); matched-torch and full-torch leave SDPA's kernel to torch",
+    )
+    step.add_argument(
         "--profile",
         type=int,
         default=0,
@@ -268,6 +273,9 @@ def _step(args: argparse.Namespace) -> int:
         device=args.device,
         matmul_size=args.matmul_size,
         profile=args.profile,
+        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        if args.variants
+        else None,
     )
     try:
         check_config(cfg)

@@ -81,6 +81,22 @@ def test_cli_writes_json(tmp_path) -> None:
     assert all("profile" not in r for r in data["runs"])
 
 
+def test_variants_time_the_kernel_choice_against_torchs_dispatch(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["bench", "step", "--precision", "fp32", "--device", "cpu", "--matmul-size", "64"]
+    args += [f"--{k}={v}" for k, v in TINY.items()] + ["--json", str(out)]
+    assert main([*args, "--variants", "matched,matched-torch"]) == 0
+    data = json.loads(out.read_text())
+    assert [r["model"] for r in data["runs"]] == ["matched", "matched-torch"]
+    assert _positive(data["ratios"]["fp32"]["matched_vs_torch_kernel"])
+    models = {
+        v: build_model(v, Shape(32, 1, 2, 16), torch.device("cpu")) for v in ("full", "full-torch")
+    }
+    assert models["full"].blocks[0].attn.kernel == "auto"
+    assert models["full-torch"].blocks[0].attn.kernel == "default"
+    assert main([*args, "--variants", "matched,nope"]) == 2
+
+
 def test_profile_prints_each_models_top_ops(capsys) -> None:
     args = ["bench", "step", "--precision", "fp32", "--device", "cpu", "--matmul-size", "64"]
     assert main([*args, *(f"--{k}={v}" for k, v in TINY.items()), "--profile", "4"]) == 0
