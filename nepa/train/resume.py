@@ -2,8 +2,10 @@
 
 A resume may change what a stop asks for (the bad-data limit, repaired shards with the same
 layout, a lower lr or tighter clipping after a non-finite loss) and what has no effect on what is
-learned (logging and checkpoint cadence, workers, device, the collective timeout, evaluation).
-Anything else would make the run a different run. Each change is recorded by the trainer.
+learned (logging and checkpoint cadence, workers, device, the collective timeout, evaluation),
+or changes it only at rounding level (which of torch's equivalent kernels runs AdamW and SDPA;
+a checkpoint written before those options existed has no value for them). Anything else would
+make the run a different run. Each change is recorded by the trainer.
 """
 
 from __future__ import annotations
@@ -22,13 +24,19 @@ NO_EFFECT_ON_TRAINING = {
     "train.device",
     "train.dist_timeout_s",
 }
+#: keys choosing between kernels that compute the same thing up to rounding
+KERNEL_CHOICES = {"optim.impl", "predictor.sdpa_kernel"}
 #: keys a resume may change: the above, and what a stop asks for
-RESUME_MAY_DIFFER = NO_EFFECT_ON_TRAINING | {
-    "data.max_bad_fraction",
-    "data.source",
-    "optim.lr",
-    "optim.clip_grad",
-}
+RESUME_MAY_DIFFER = (
+    NO_EFFECT_ON_TRAINING
+    | KERNEL_CHOICES
+    | {
+        "data.max_bad_fraction",
+        "data.source",
+        "optim.lr",
+        "optim.clip_grad",
+    }
+)
 RESUME_MAY_DIFFER_PREFIXES = ("eval.",)
 
 #: ``nepa train`` exits with this code when a run stopped before its last step but can be

@@ -330,6 +330,30 @@ def test_resume_is_exact_with_train_time_rng(
 
 
 @pytest.mark.slow
+def test_a_checkpoint_from_before_the_kernel_options_resumes_and_records_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """optim.impl and predictor.sdpa_kernel choose between kernels equal up to rounding; a run
+    checkpointed by a version without them resumes, the change recorded."""
+    cfg = tiny_with("train.steps=4", "train.ckpt_every=2")
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        sigterm_during_step(m, 2)
+        train(cfg, run, progress=False)
+    path = run / "checkpoints" / "step_00000002.pt"
+    state = load_checkpoint(path)
+    del state["config"]["optim"]["impl"], state["config"]["predictor"]["sdpa_kernel"]
+    del state["sdpa_kernels"]
+    torch.save(state, path)
+    assert train(cfg, run, resume=True, progress=False).stopped_by == "completed"
+    resume = [r["resume"] for r in read_metrics(run) if "resume" in r][-1]
+    assert resume["changes"] == {
+        "optim.impl": [None, "fused"],
+        "predictor.sdpa_kernel": [None, "auto"],
+    }
+
+
+@pytest.mark.slow
 def test_resume_refuses_a_different_config(baseline, tmp_path: Path) -> None:
     _, out, _ = baseline
     run = tmp_path / "run"
