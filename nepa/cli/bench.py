@@ -8,6 +8,8 @@ nepa bench loader [--archive CIFAR_TAR_GZ --work DIR --workers 0,1,2 --batch 128
 nepa bench train RECIPE [--steps 20 --warmup 5 --rounds 3 --set KEY=VALUE --json FILE]
 nepa bench optim RECIPE [--rounds 20 --json FILE]
 nepa bench extract RECIPE [--images 2048 --batch 256,1024 --rounds 3 --json FILE]
+nepa bench memory [--dim 768 --depth 12 --heads 12 --lengths 1024,...,16384 --batch 1
+                   --precision bf16 --variants full,full-xformers --device auto --json FILE]
 """
 
 from __future__ import annotations
@@ -140,6 +142,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument("--json", type=Path, metavar="FILE")
     add_overrides(extract, "eval.layer=-1")
     extract.set_defaults(func=_extract)
+
+    memory = sub.add_parser(
+        "memory",
+        help="one training step's peak memory (CUDA) and time against sequence length",
+    )
+    memory.add_argument("--dim", type=int, default=768)
+    memory.add_argument("--depth", type=int, default=12)
+    memory.add_argument("--heads", type=int, default=12)
+    memory.add_argument("--lengths", default="1024,2048,4096,8192,16384", help="tokens T")
+    memory.add_argument("--batch", type=int, default=1)
+    memory.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    memory.add_argument(
+        "--variants", default="full,full-xformers", help="models (see nepa bench step)"
+    )
+    memory.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    memory.add_argument("--json", type=Path, metavar="FILE")
+    memory.set_defaults(func=_memory)
 
 
 def _loader(args: argparse.Namespace) -> int:
@@ -285,5 +304,41 @@ def _step(args: argparse.Namespace) -> int:
     result = run_step_bench(cfg)
     print(format_report(result))
     if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _memory(args: argparse.Namespace) -> int:
+    from nepa.bench.memory import MemoryBenchConfig, bench_memory
+    from nepa.bench.models import VARIANTS
+    from nepa.device import pick_device
+    from nepa.predictor import PredictorConfig
+
+    try:
+        lengths = tuple(int(n) for n in args.lengths.split(","))
+        variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"unknown --variants {unknown}; known: {', '.join(VARIANTS)}")
+        if min(lengths) < 1 or args.batch < 1:
+            raise ValueError("--lengths and --batch must be positive")
+        PredictorConfig(dim=args.dim, depth=args.depth, heads=args.heads)
+        device = pick_device(args.device)
+        if "full-xformers" in variants and device.type != "cuda":
+            raise ValueError("the full-xformers variant needs CUDA; use --variants full on a CPU")
+    except ValueError as e:  # includes pydantic's ValidationError
+        print(f"nepa bench memory: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    cfg = MemoryBenchConfig(
+        dim=args.dim,
+        depth=args.depth,
+        heads=args.heads,
+        lengths=lengths,
+        batch=args.batch,
+        precision=args.precision,
+        variants=variants,
+    )
+    result = bench_memory(cfg, device)
+    if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0
