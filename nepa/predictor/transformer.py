@@ -77,11 +77,10 @@ class Attention(nn.Module):
         """q, k, v as the kernel sees them, each (B, T, H, Dh): q/k normed and rotated."""
         B, T, _ = x_BTD.shape
         q, k, v = self.qkv(x_BTD).view(B, T, 3, self.heads, self.head_dim).unbind(2)  # (B,T,H,Dh)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k = _norm_in_dtype(self.q_norm, q), _norm_in_dtype(self.k_norm, k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        # Under CUDA autocast the LayerNorms return fp32 while v is bf16; kernels that do not
-        # autocast (xformers) want one dtype. A no-op whenever the dtypes already agree.
+        # Kernels that do not autocast (xformers) want one dtype; a no-op when they agree.
         return q.to(v.dtype), k.to(v.dtype), v
 
     def weights(
@@ -90,6 +89,19 @@ class Attention(nn.Module):
         """The attention probabilities this layer's kernel applies to v: (B, H, T, T), fp32."""
         q, k, _ = self.heads_qkv(x_BTD, rope)
         return attention_weights(q, k, mask)
+
+
+def _norm_in_dtype(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """QK-norm in x's dtype. Under autocast a LayerNorm returns fp32: q and k (bf16 outputs of
+    the qkv matmul) would be copied up, normed, rotated in fp32 and copied down again. Normed in
+    bf16 (torch accumulates the statistics in fp32) and rotated against bf16 tables (see
+    ``Predictor.rope_tables``), the bf16 step of the full block measured 9% faster on the CPU.
+    fp32 is unchanged."""
+    if isinstance(norm, nn.LayerNorm) and x.dtype != torch.float32:
+        with torch.autocast(x.device.type, enabled=False):
+            w, b = (None if p is None else p.to(x.dtype) for p in (norm.weight, norm.bias))
+            return F.layer_norm(x, norm.normalized_shape, w, b, norm.eps)
+    return norm(x)
 
 
 class Mlp(nn.Module):
@@ -267,7 +279,12 @@ class Predictor(nn.Module):
             cos = F.pad(cos, (0, 0, 0, 0, 1, 0), value=1.0)
             sin = F.pad(sin, (0, 0, 0, 0, 1, 0), value=0.0)
         shape = (*cos.shape[:-2], self.heads, cos.shape[-1])
-        return cos.expand(shape).contiguous(), sin.expand(shape).contiguous()
+        cos, sin = cos.expand(shape).contiguous(), sin.expand(shape).contiguous()
+        device = cos.device.type
+        if torch.is_autocast_enabled(device):  # q and k are in autocast's dtype: rotate in it
+            dtype = torch.get_autocast_dtype(device)
+            cos, sin = cos.to(dtype), sin.to(dtype)
+        return cos, sin
 
     def forward(
         self,

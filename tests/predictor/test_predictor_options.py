@@ -265,3 +265,25 @@ def test_set_drop_path_rebuilds_the_schedule() -> None:
     torch.testing.assert_close(pred(emb, coords, grid), pred(emb, coords, grid), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"drop-path rate must be in \[0, 1\), got 1.0"):
         pred.set_drop_path(1.0)
+
+
+def test_qk_norm_and_rope_stay_in_bf16_under_autocast_and_match_fp32() -> None:
+    torch.manual_seed(0)
+    p = Predictor(PredictorConfig(dim=64, depth=1, heads=2), n_axes=2)
+    attn = p.blocks[0].attn
+    with torch.no_grad():
+        for norm in (attn.q_norm, attn.k_norm):  # a non-trivial affine
+            norm.weight.normal_(1.0, 0.3)
+            norm.bias.normal_(0.0, 0.3)
+    coords = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij"), -1)
+    coords = coords.reshape(16, 2)
+    x = torch.randn(2, 17, 64)
+    q32, k32, _ = attn.heads_qkv(x, p.rope_tables(coords, (4, 4)))
+    with torch.autocast("cpu", torch.bfloat16):
+        rope = p.rope_tables(coords, (4, 4))
+        q16, k16, v16 = attn.heads_qkv(x, rope)
+    assert rope[0].dtype == q16.dtype == k16.dtype == v16.dtype == torch.bfloat16
+    torch.testing.assert_close(q16.float(), q32, atol=6e-2, rtol=3e-2)
+    torch.testing.assert_close(k16.float(), k32, atol=6e-2, rtol=3e-2)
+    (q16.float().sum() + k16.float().square().sum()).backward()
+    assert attn.q_norm.weight.grad is not None and attn.k_norm.bias.grad is not None
