@@ -85,20 +85,43 @@ def test_auto_measures_once_per_signature_and_keeps_the_fastest(monkeypatch) -> 
     assert sorted(calls) == ["default", "fp32", "math"]
     assert pick("auto", q, q, q, "causal") == "math"
     assert len(calls) == 3  # the second call of the signature is not measured again
-    with torch.no_grad():  # forward only is another signature
-        pick("auto", q, q, q, "causal")
+    pick("auto", q, q, q, "bidirectional")  # another mask is another signature
     assert len(calls) == 6
     assert tuned_kernels() == {
         "64x4x65x32/bfloat16/fwd+bwd/causal": "math",
-        "64x4x65x32/bfloat16/fwd/causal": "math",
+        "64x4x65x32/bfloat16/fwd+bwd/bidirectional": "math",
     }
 
 
-def test_auto_keeps_torchs_default_unless_a_kernel_beats_it_clearly(monkeypatch) -> None:
-    calls = _timer(monkeypatch, {"default": 1.2, "math": 1.0})
+def test_a_forward_alone_keeps_torchs_kernel_so_evaluation_is_reproducible(monkeypatch) -> None:
+    calls = _timer(monkeypatch, {"default": 3.0, "math": 1.0, "fp32": 2.0})
+    q = _big(torch.bfloat16)
+    with torch.no_grad():
+        assert pick("auto", q, q, q, "causal") == "default"
+    with torch.inference_mode():
+        assert pick("auto", *(torch.zeros(64, 4, 65, 32) for _ in range(3)), "causal") == "default"
+    assert calls == [] and tuned_kernels() == {}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "chosen"),
+    [
+        ({"default": 1.2, "math": 1.0, "fp32": 1.1}, "default"),  # all within 25%: torch's
+        ({"default": 3.0, "math": 1.0, "fp32": 1.2}, "fp32"),  # near-equals: the fixed order
+        ({"default": 3.0, "math": 1.0, "fp32": 1.3}, "math"),
+    ],
+)
+def test_near_equal_kernels_are_chosen_in_a_fixed_order(monkeypatch, seconds, chosen) -> None:
+    _timer(monkeypatch, seconds)
+    q = _big(torch.bfloat16)
+    assert pick("auto", q, q, q, "causal") == chosen
+
+
+def test_fp32_inputs_time_only_the_kernels_that_differ(monkeypatch) -> None:
+    calls = _timer(monkeypatch, {"default": 1.0, "math": 2.0})
     q = _big()
     assert pick("auto", q, q, q, "causal") == "default"
-    assert sorted(calls) == ["default", "math"]  # fp32 inputs: the fp32 kernel is the default
+    assert sorted(calls) == ["default", "math"]  # for fp32 inputs the fp32 kernel is the default
 
 
 def test_auto_measures_nothing_for_small_attention_or_deterministic_runs(monkeypatch) -> None:
