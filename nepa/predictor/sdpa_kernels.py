@@ -68,11 +68,12 @@ def run_sdpa(kernel: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **k
     return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
-def signature(q: torch.Tensor, backward: bool, mask_kind: str) -> str:
-    """The key a choice is kept under, e.g. ``128x3x65x64/bfloat16/fwd+bwd/causal``."""
+def signature(q: torch.Tensor, mask_kind: str) -> str:
+    """The key a training call's choice is kept under, e.g.
+    ``128x3x65x64/bfloat16/fwd+bwd/causal``."""
     shape = "x".join(map(str, q.shape))
     dtype = str(q.dtype).removeprefix("torch.")
-    return f"{shape}/{dtype}/{'fwd+bwd' if backward else 'fwd'}/{mask_kind}"
+    return f"{shape}/{dtype}/fwd+bwd/{mask_kind}"
 
 
 def pick(
@@ -92,18 +93,18 @@ def pick(
         return "default"
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
         return "default"  # a forward alone: see the module's docstring
-    key = signature(q, True, mask_kind)
+    key = signature(q, mask_kind)
     if key not in _chosen:
-        _chosen[key] = _tune(key, q, k, v, True, kw)
+        _chosen[key] = _tune(key, q, k, v, kw)
     return _chosen[key]
 
 
-def _tune(key: str, q, k, v, backward: bool, kw: dict) -> str:
+def _tune(key: str, q, k, v, kw: dict) -> str:
     kw = {**kw, "dropout_p": 0.0}  # timing must not draw from the RNG the run's dropout uses
     candidates = [c for c in KERNELS if c != "fp32" or q.dtype != torch.float32]
     # Outside any dispatch mode: a FLOP counter around the step must not count the trials.
     with _disable_current_modes():
-        seconds = {c: _seconds(_call(c, q, k, v, backward, kw)) for c in candidates}
+        seconds = {c: _seconds(_step(c, q, k, v, kw)) for c in candidates}
     fastest = min(seconds.values())
     best = next(c for c in candidates if seconds[c] <= KEEP_WITHIN * fastest)
     times = ", ".join(f"{c} {1000 * s:.2f} ms" for c, s in seconds.items())
@@ -111,9 +112,8 @@ def _tune(key: str, q, k, v, backward: bool, kw: dict) -> str:
     return best
 
 
-def _call(kernel: str, q, k, v, backward: bool, kw: dict) -> Callable[[], None]:
-    if not backward:
-        return lambda: run_sdpa(kernel, q, k, v, **kw)
+def _step(kernel: str, q, k, v, kw: dict) -> Callable[[], None]:
+    """Forward and backward of ``kernel`` on detached copies of q, k, v."""
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
 
     def step() -> None:

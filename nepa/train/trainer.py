@@ -155,7 +155,10 @@ class Trainer:
         self.objective.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        restore_kernels(state.get("sdpa_kernels") or {})  # the kernels the run has used
+        try:  # the kernels the run has used
+            restore_kernels(state.get("sdpa_kernels") or {})
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}; resume from another checkpoint") from None
         self.step = int(state["step"])
         if self.env.is_main:  # the steps after the checkpoint are logged again: keep them once
             self.run_dir.truncate_metrics(self.step)

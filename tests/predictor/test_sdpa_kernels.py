@@ -13,7 +13,7 @@ from tiny_recipe import tiny_with
 from nepa.predictor import sdpa_kernels as sk
 from nepa.predictor.attention import MaskSpec, attention
 from nepa.predictor.sdpa_kernels import KERNELS, pick, restore_kernels, tuned_kernels
-from nepa.train.checkpoint import load_checkpoint
+from nepa.train.checkpoint import CheckpointError, load_checkpoint
 from nepa.train.trainer import train
 
 
@@ -63,11 +63,11 @@ def _timer(monkeypatch, seconds: dict[str, float]) -> list[str]:
     """Replace the measurement: each candidate takes ``seconds[kernel]``; returns the calls."""
     calls: list[str] = []
 
-    def fake_call(kernel, *args):
+    def fake_step(kernel, *args):
         calls.append(kernel)
         return kernel
 
-    monkeypatch.setattr(sk, "_call", fake_call)
+    monkeypatch.setattr(sk, "_step", fake_step)
     monkeypatch.setattr(sk, "_seconds", lambda kernel: seconds[kernel])
     return calls
 
@@ -159,3 +159,19 @@ def test_a_resumed_run_gets_back_the_kernels_its_checkpoint_recorded(
     sk.forget_kernels()  # as in a new process
     train(cfg, tmp_path / "run", resume=True, progress=False)
     assert tuned_kernels() == chosen
+
+
+@pytest.mark.slow
+def test_a_checkpoint_naming_an_unknown_kernel_is_a_checkpoint_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_with("train.steps=4", "train.ckpt_every=2")
+    with monkeypatch.context() as m:
+        sigterm_during_step(m, 2)
+        train(cfg, tmp_path / "run", progress=False)
+    path = tmp_path / "run/checkpoints/step_00000002.pt"
+    state = load_checkpoint(path)
+    state["sdpa_kernels"] = {"128x3x65x64/bfloat16/fwd+bwd/causal": "flash"}
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"step_00000002\.pt: unknown SDPA kernels.*'flash'"):
+        train(cfg, tmp_path / "run", resume=True, progress=False)
