@@ -103,45 +103,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_overrides(loader, "train.batch_size=32 (with --recipe)")
     loader.set_defaults(func=_loader)
 
-    loop = sub.add_parser(
+    loop = _recipe_command(
+        sub,
         "train",
+        _train,
+        "train.num_workers=1",
         help="a recipe's whole training loop against its model step alone, in one process",
         description="Runs the trainer on the recipe (its data, augmentation, workers, logging) "
         "for --warmup + --steps steps in a scratch directory, and the same objective's step on "
         "one real batch, in alternating rounds; reports both rates and the share of the loop's "
-        "time spent outside the step (target <= 3%%).",
+        "time spent outside the step (target <= 3%).",
     )
-    loop.add_argument("recipe", metavar="MODULE_OR_FILE:FUNCTION")
     loop.add_argument("--steps", type=int, default=20, help="timed steps per round")
     loop.add_argument(
         "--warmup", type=int, default=5, help="untimed steps first (and the interval)"
     )
     loop.add_argument("--rounds", type=int, default=3)
-    loop.add_argument("--json", type=Path, metavar="FILE")
-    add_overrides(loop, "train.num_workers=1")
-    loop.set_defaults(func=_train)
 
-    optim = sub.add_parser(
+    optim = _recipe_command(
+        sub,
         "optim",
+        _optim,
+        "predictor.dim=384",
         help="one AdamW step over a recipe's parameters with each torch kernel, side by side",
     )
-    optim.add_argument("recipe", metavar="MODULE_OR_FILE:FUNCTION")
     optim.add_argument("--rounds", type=int, default=20)
-    optim.add_argument("--json", type=Path, metavar="FILE")
-    add_overrides(optim, "predictor.dim=384")
-    optim.set_defaults(func=_optim)
 
-    extract = sub.add_parser(
+    extract = _recipe_command(
+        sub,
         "extract",
+        _extract,
+        "eval.layer=-1",
         help="frozen-feature extraction of a recipe's model, fp32 against bf16, side by side",
     )
-    extract.add_argument("recipe", metavar="MODULE_OR_FILE:FUNCTION")
     extract.add_argument("--images", type=int, default=2048, help="test items per extraction")
     extract.add_argument("--batch", default="256,1024", help="comma-separated batch sizes")
     extract.add_argument("--rounds", type=int, default=3)
-    extract.add_argument("--json", type=Path, metavar="FILE")
-    add_overrides(extract, "eval.layer=-1")
-    extract.set_defaults(func=_extract)
 
     memory = sub.add_parser(
         "memory",
@@ -159,6 +156,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     memory.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     memory.add_argument("--json", type=Path, metavar="FILE")
     memory.set_defaults(func=_memory)
+
+
+def _recipe_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    example: str,
+    **kw: str,
+) -> argparse.ArgumentParser:
+    """A ``nepa bench NAME RECIPE`` subcommand with the flags every recipe benchmark takes
+    (``--json``, ``--set``); the caller adds its own."""
+    parser = sub.add_parser(name, **kw)
+    parser.add_argument("recipe", metavar="MODULE_OR_FILE:FUNCTION")
+    parser.add_argument("--json", type=Path, metavar="FILE")
+    add_overrides(parser, example)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """``"a, b,"`` -> ``("a", "b")``: a comma-separated flag's non-empty entries."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 def _loader(args: argparse.Namespace) -> int:
@@ -286,15 +305,13 @@ def _step(args: argparse.Namespace) -> int:
         heads=args.heads,
         tokens=args.tokens,
         batch=args.batch,
-        precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
+        precisions=_names(args.precision),
         steps=args.steps,
         warmup=args.warmup,
         device=args.device,
         matmul_size=args.matmul_size,
         profile=args.profile,
-        variants=tuple(v.strip() for v in args.variants.split(",") if v.strip())
-        if args.variants
-        else None,
+        variants=_names(args.variants) if args.variants else None,
     )
     try:
         check_config(cfg)
@@ -316,7 +333,7 @@ def _memory(args: argparse.Namespace) -> int:
 
     try:
         lengths = tuple(int(n) for n in args.lengths.split(","))
-        variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        variants = _names(args.variants)
         unknown = sorted(set(variants) - set(VARIANTS))
         if unknown:
             raise ValueError(f"unknown --variants {unknown}; known: {', '.join(VARIANTS)}")

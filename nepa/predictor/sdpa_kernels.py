@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +44,6 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 log = logging.getLogger(__name__)
 
-SdpaKernel = Literal["auto", "default", "math", "fp32"]
 KERNELS = ("default", "fp32", "math")  # also the order of preference among near-equals
 TUNE_MIN_FLOPS = 1e8  # 4 * B * H * T^2 * Dh; below it the choice saves well under a millisecond
 TUNE_ROUNDS = 3
