@@ -45,12 +45,28 @@ class DropPath(nn.Module):
 
 
 class LayerScale(nn.Module):
+    """Per-channel scale ``gamma`` of a residual branch. A block folds it into the branch's last
+    linear layer (:func:`scaled_linear`) instead of calling this module."""
+
     def __init__(self, dim: int, init: float) -> None:
         super().__init__()
         self.gamma = nn.Parameter(torch.full((dim,), init))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
+
+
+def scaled_linear(
+    linear: nn.Linear, x: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``linear(x) * scale`` computed as ``x @ (scale * W).T + scale * b``: the scale touches
+    the (out, in) weights instead of the (B, T, out) activations, so LayerScale costs no
+    activation-sized pass forward or backward and its input is not kept for gamma's gradient.
+    ``scale``: (out,) or None (plain ``linear(x)``)."""
+    if scale is None:
+        return linear(x)
+    bias = None if linear.bias is None else linear.bias * scale
+    return F.linear(x, linear.weight * scale[:, None], bias)
 
 
 class Attention(nn.Module):
@@ -65,11 +81,17 @@ class Attention(nn.Module):
         self.kernel = cfg.sdpa_kernel
 
     def forward(
-        self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: MaskSpec
+        self,
+        x_BTD: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: MaskSpec,
+        out_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); ``out_scale`` (D,) scales the output (LayerScale, folded
+        into the projection by :func:`scaled_linear`)."""
         B, T, D = x_BTD.shape
         out = attention(*self.heads_qkv(x_BTD, rope), mask, self.backend, kernel=self.kernel)
-        return self.proj(out.reshape(B, T, D))
+        return scaled_linear(self.proj, out.reshape(B, T, D), out_scale)
 
     def heads_qkv(
         self, x_BTD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
@@ -112,9 +134,10 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(cfg.dim, 2 * hidden if self.gated else hidden)
         self.fc2 = nn.Linear(hidden, cfg.dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., D) -> (..., D); ``out_scale`` (D,) as in :meth:`Attention.forward`."""
         h = self.fc1(x)
-        return self.fc2(_SwiGLU.apply(h) if self.gated else F.gelu(h))
+        return scaled_linear(self.fc2, _SwiGLU.apply(h) if self.gated else F.gelu(h), out_scale)
 
 
 class _SwiGLU(torch.autograd.Function):
@@ -154,14 +177,12 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x, rope, mask: MaskSpec) -> torch.Tensor:
-        x = self._residual(x, self.attn(self.norm1(x), rope, mask), self.ls1)
-        return self._residual(x, self.mlp(self.norm2(x)), self.ls2)
+        x = x + self.drop_path(self.attn(self.norm1(x), rope, mask, _gamma(self.ls1)))
+        return x + self.drop_path(self.mlp(self.norm2(x), _gamma(self.ls2)))
 
-    def _residual(self, x: torch.Tensor, y: torch.Tensor, ls: nn.Module) -> torch.Tensor:
-        """x + drop_path(ls(y)); without drop-path, LayerScale and the add are one kernel."""
-        if isinstance(ls, LayerScale) and not self.drop_path.active:
-            return torch.addcmul(x, y, ls.gamma)
-        return x + self.drop_path(ls(y))
+
+def _gamma(ls: nn.Module) -> torch.Tensor | None:
+    return ls.gamma if isinstance(ls, LayerScale) else None
 
 
 class Predictor(nn.Module):

@@ -165,16 +165,23 @@ def test_predictor_fast_paths_equal_reference_formulas() -> None:
         assert torch.equal(out, ref)
         assert torch.equal(torch.autograd.grad(out, h, g)[0], torch.autograd.grad(ref, h, g)[0])
 
-    # The whole block against the unfused expression x + ls(attn(...)) / x + ls(mlp(...)).
+    # The whole block (LayerScale folded into the branches' last linear layers) against the
+    # unfused expression x + ls(attn(...)) / x + ls(mlp(...)): values and every gradient.
     cfg = PredictorConfig(dim=32, depth=1, heads=2, layerscale=0.5)
     pred = Predictor(cfg, n_axes=1)
     blk = pred.blocks[0]
-    x = torch.randn(2, 7, 32)
+    x = torch.randn(2, 7, 32, requires_grad=True)
     rope = pred.rope_tables(torch.arange(6)[:, None], (6,))
     mask = pred.mask_spec(None)
     y = x + blk.ls1(blk.attn(blk.norm1(x), rope, mask))
     y = y + blk.ls2(blk.mlp(blk.norm2(y)))
-    torch.testing.assert_close(blk(x, rope, mask), y, rtol=1e-6, atol=1e-6)
+    out = blk(x, rope, mask)
+    torch.testing.assert_close(out, y, rtol=1e-6, atol=1e-6)
+    g = torch.randn_like(y)
+    wrt = [x, *blk.parameters()]
+    got, want = torch.autograd.grad(out, wrt, g), torch.autograd.grad(y, wrt, g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_the_agreement_check_runs_its_step_on_any_device() -> None:
