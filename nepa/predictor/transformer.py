@@ -384,8 +384,11 @@ class Predictor(nn.Module):
 
     def _with_start(self, emb_BTD: torch.Tensor) -> torch.Tensor:
         """[s, z_1..z_T]: (B, T+1, D); the embeddings themselves (B, T, D) without a start
-        token."""
+        token. In the parameters' dtype: the residual stream stays fp32 under autocast (only
+        the branches compute in bf16), so LayerScale's small updates (init 1e-5) are not
+        rounded away by bf16's 8-bit mantissa when an encoder hands over bf16 embeddings."""
+        dtype = self.norm.weight.dtype
         if self.start_token is None:
-            return emb_BTD
-        start = self.start_token.expand(emb_BTD.shape[0], -1, -1).to(emb_BTD.dtype)
-        return torch.cat([start, emb_BTD], dim=1)
+            return emb_BTD.to(dtype)
+        start = self.start_token.expand(emb_BTD.shape[0], -1, -1).to(dtype)
+        return torch.cat([start, emb_BTD.to(dtype)], dim=1)

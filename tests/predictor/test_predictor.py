@@ -344,3 +344,27 @@ def test_token_coordinates_matter_only_through_rope() -> None:
         pred = Predictor(cfg, n_axes=2).eval()
         a, b = pred(emb, coords, grid), pred(emb, coords[perm], grid)
         assert torch.allclose(a, b) != rope
+
+
+@pytest.mark.parametrize("layerscale", [1e-5, None])
+def test_the_residual_stream_stays_fp32_under_bf16_autocast(layerscale: float | None) -> None:
+    """An encoder under autocast hands over bf16 embeddings; the blocks' inputs (the residual
+    stream) must still be fp32, or LayerScale's 1e-5 updates fall below bf16's resolution. The
+    start token's output then carries the per-sample signal that bf16 would round away: it
+    stays close to the fp32 forward relative to how much it varies between samples."""
+    torch.manual_seed(0)
+    cfg = PredictorConfig(dim=64, depth=2, heads=2, layerscale=layerscale, attn="bidirectional")
+    pred = Predictor(cfg, n_axes=2).eval()
+    grid = (4, 4)
+    emb = torch.randn(32, 16, 64).bfloat16()  # what a bf16 encoder returns
+    seen: list[torch.dtype] = []
+    hooks = [b.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype)) for b in pred.blocks]
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        low = pred(emb, _coords(grid), grid)[:, 0].float()
+    for h in hooks:
+        h.remove()
+    assert seen == [torch.float32, torch.float32]
+    with torch.no_grad():
+        ref = pred(emb.float(), _coords(grid), grid)[:, 0]
+    spread = ref.std(0).mean()  # how much the start token's output varies between samples
+    assert (low - ref).abs().max() < 0.25 * spread
