@@ -95,10 +95,10 @@ def run_protocol(args: argparse.Namespace) -> int:
     # which weights were evaluated (the final export, or a checkpoint of an unfinished run)
     init = {"random_init": args.random_init}
     weights = None if args.random_init else weights_info(args.run_dir)
+    # features extracted once per weights and data, kept in the run directory for the next
+    # protocol, sweep or comparison
+    store = feature_store(cfg, objective, device, folder=Path(args.run_dir) / FEATURES)
     try:
-        # features extracted once per weights and data, kept in the run directory for the next
-        # protocol, sweep or comparison
-        store = feature_store(cfg, objective, device, folder=Path(args.run_dir) / FEATURES)
         if getattr(args, "sweep", False):
             depth = objective.backbone().depth
             results = [
@@ -131,6 +131,8 @@ def run_protocol(args: argparse.Namespace) -> int:
     except ValueError as e:  # a setting that does not fit this run (a layer, a pooling...)
         print(f"nepa eval: {e}", file=sys.stderr)
         return 2
+    finally:
+        store.flush()  # the features files written in the background
     results = [{**r, "weights": weights} for r in results]
     if weights is not None and weights["step"] is not None:
         print(

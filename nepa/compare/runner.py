@@ -145,10 +145,14 @@ class Comparison:
         if not (rd / WEIGHTS).is_file() and not self._train(cfg, rd, state, cell):
             return False
         stores: dict[str, FeatureStore] = {}  # per weights ("" trained, "init"), for this run
-        for key in self.plan.eval_keys():
-            if key not in state["evals"]:
-                state["evals"][key] = self._evaluate(cfg, rd, key, stores)
-                self._save(rd, state)
+        try:
+            for key in self.plan.eval_keys():
+                if key not in state["evals"]:
+                    state["evals"][key] = self._evaluate(cfg, rd, key, stores)
+                    self._save(rd, state)
+        finally:
+            for store in stores.values():
+                store.flush()  # the features files written in the background
         return True
 
     # -- pieces ------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ attention mode (:meth:`FeatureStore.plan`), and keeps the results in memory. Giv
 (the run directory's ``features/``), it also writes the pooled matrices there as safetensors,
 ``<folder>/<weights hash>/<key hash>.safetensors``, with the key in the file's metadata, so a
 later ``nepa eval`` or ``nepa compare`` of the same weights on the same data reads them instead.
-Token tensors stay in memory (tens of MB per thousand samples).
+The files are written by one background thread while extraction and the protocols go on (a
+``--sweep`` of the tiny CIFAR-10 run writes 2.4 GB: 8 s when written in line); :meth:`flush`
+waits for them. Token tensors stay in memory (tens of MB per thousand samples).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,8 @@ class FeatureStore:
         self.planned: dict[tuple[str, str], set[Need]] = {}  # (split, attn) -> needs
         self.memory: dict[tuple[str, str, Need], Any] = {}
         self.passes = 0  # extraction passes over a split (tests and logs read it)
+        self._writer: ThreadPoolExecutor | None = None  # started by the first file to write
+        self._writes: list[Future] = []
 
     @property
     def precision(self) -> str:
@@ -139,10 +144,21 @@ class FeatureStore:
         self.memory[key] = value
         return True
 
+    def flush(self) -> None:
+        """Wait until every features file asked for so far is written (or its failure logged)."""
+        writes, self._writes = self._writes, []
+        for w in writes:
+            w.result()
+
     def _save(self, key: tuple[str, str, Need], value: Any) -> None:
         file = self._file(key)
         if file is None:
             return
+        if self._writer is None:  # not a daemon: the interpreter waits for it at exit
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="nepa-features")
+        self._writes.append(self._writer.submit(self._write, file, key, value))
+
+    def _write(self, file: Path, key: tuple[str, str, Need], value: Any) -> None:
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(file) as tmp:

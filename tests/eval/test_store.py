@@ -76,6 +76,7 @@ def test_features_persist_by_weights_and_data(loaded, tmp_path, monkeypatch, cap
     need = Need(1, "grid2")
     first = feature_store(cfg, objective, CPU, folder=tmp_path)
     x = first.get("train", train, "causal", need)
+    first.flush()  # written in the background
     (file,) = (tmp_path / first.hash[:16]).iterdir()
     calls = _count_passes(monkeypatch)
     again = feature_store(cfg, objective, CPU, folder=tmp_path)
@@ -145,5 +146,30 @@ def test_extraction_precision_is_recorded_and_keys_the_cache(loaded, tmp_path) -
     need = Need(1, "mean")
     xa, xb = a.get("test", splits[1], "causal", need), b.get("test", splits[1], "causal", need)
     assert (a.precision, b.precision) == ("fp32", "bf16")
+    a.flush(), b.flush()
     assert len(list((tmp_path / a.hash[:16]).iterdir())) == 2  # one file per precision
     torch.testing.assert_close(xa, xb, rtol=0.05, atol=0.05)  # bf16 rounding, not other data
+
+
+def test_features_files_are_written_in_the_background_and_failures_are_said(
+    loaded, tmp_path, monkeypatch, caplog
+) -> None:
+    """A file that cannot be written (here: the folder is a file) is logged, and the features
+    are still returned; an unexpected error in the writer is raised by ``flush``, never lost."""
+    cfg, objective, splits = loaded
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    store = feature_store(cfg, objective, CPU, folder=blocked)
+    caplog.set_level(logging.WARNING)
+    x = store.get("test", splits[1], "causal", Need(1, "mean"))
+    store.flush()
+    assert x.shape[0] == len(splits[1]) and "not cached" in caplog.text
+
+    def broken(*args, **kw):
+        raise RuntimeError("writer bug")
+
+    monkeypatch.setattr("nepa.eval.store.save_file", broken)
+    store = feature_store(cfg, objective, CPU, folder=tmp_path / "features")
+    store.get("test", splits[1], "causal", Need(1, "mean"))
+    with pytest.raises(RuntimeError, match="writer bug"):
+        store.flush()
