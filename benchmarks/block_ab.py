@@ -6,43 +6,31 @@
 
 Models: ``matched`` and ``full`` as in ``nepa bench step``, and ``full-addcmul``: the full block
 with LayerScale applied to the branch output (``torch.addcmul(x, y, gamma)``, as before it was
-folded into the branch's last linear layer). One training step (forward, backward, fused AdamW)
-per model per round, the order reversed every other round; the first two rounds are not
-counted. Prints each model's median step and the median over rounds of the per-round ratio
+folded into the branch's last linear layer). Each model runs ``nepa bench step``'s training step
+(forward, NEPA loss, backward, the trainer's AdamW), in its interleaved rounds after two
+untimed ones. Prints each model's median step and the median over rounds of the per-round ratio
 full / full-addcmul. ``--profile`` then lists the ops whose self time differs most between
-matched and full (torch.profiler, mean of 3 steps after warm-up).
+matched and full (torch.profiler, mean of 3 steps after 3 more untimed ones).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from nepa.bench.models import FULL, MATCHED, Shape, bench_inputs
-from nepa.predictor import Predictor, PredictorConfig
+from nepa.bench.models import Shape, bench_inputs, build_model
+from nepa.bench.step import interleaved, make_step
+
+CPU = torch.device("cpu")
 
 
 def addcmul_forward(block, x, rope, mask):
     """The block as it was before LayerScale was folded: an activation-sized addcmul."""
     x = torch.addcmul(x, block.attn(block.norm1(x), rope, mask), block.ls1.gamma)
     return torch.addcmul(x, block.mlp(block.norm2(x)), block.ls2.gamma)
-
-
-def build(shape: Shape, kind: dict, addcmul: bool = False):
-    torch.manual_seed(0)
-    cfg = PredictorConfig(
-        dim=shape.dim, depth=shape.depth, heads=shape.heads, attn_backend="sdpa", **kind
-    )
-    model = Predictor(cfg, len(shape.grid))
-    model.set_backend(torch.device("cpu"))
-    if addcmul:
-        for blk in model.blocks:
-            blk.forward = addcmul_forward.__get__(blk)
-    return model, torch.optim.AdamW(model.parameters(), fused=True)
 
 
 def main() -> None:
@@ -53,46 +41,35 @@ def main() -> None:
     p.add_argument("--profile", action="store_true")
     args = p.parse_args()
     shape, batch = (Shape(384, 12, 6, 256), 8) if args.vit_s else (Shape(192, 6, 3, 64), 128)
-    emb, coords = bench_inputs(shape, batch, torch.device("cpu"))
-    models = {
-        "matched": build(shape, MATCHED),
-        "full": build(shape, FULL),
-        "full-addcmul": build(shape, FULL, addcmul=True),
-    }
+    emb, coords = bench_inputs(shape, batch, CPU)
+    models = {name: build_model(name, shape, CPU) for name in ("matched", "full")}
+    models["full-addcmul"] = build_model("full", shape, CPU)
+    for blk in models["full-addcmul"].blocks:
+        blk.forward = addcmul_forward.__get__(blk)
+    bf16 = args.precision == "bf16"
+    steps = {k: make_step(m, emb, coords, shape.grid, bf16, CPU)[0] for k, m in models.items()}
 
-    def step(model, opt) -> None:
-        with torch.autocast("cpu", torch.bfloat16, enabled=args.precision == "bf16"):
-            loss = model(emb, coords, shape.grid).float().square().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for r in range(args.rounds + 2):
-        for name in list(models)[:: 1 if r % 2 == 0 else -1]:
-            t0 = time.perf_counter()
-            step(*models[name])
-            if r >= 2:
-                times[name].append(time.perf_counter() - t0)
+    times = interleaved(steps, args.rounds, warmup=2, device=CPU)
     base = statistics.median(times["matched"])
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"{name:13s} {med * 1e3:8.1f} ms  {100 * (med / base - 1):+6.1f}% vs matched")
-    ratio = statistics.median(
-        a / b for a, b in zip(times["full"], times["full-addcmul"], strict=True)
-    )
+    pairs = zip(times["full"], times["full-addcmul"], strict=True)
+    ratio = statistics.median(a / b for a, b in pairs)
     print(f"full / full-addcmul, paired median over rounds: {ratio:.3f}")
     if args.profile:
-        print_profile_diff({k: models[k] for k in ("matched", "full")}, step)
+        print_profile_diff({k: steps[k] for k in ("matched", "full")})
 
 
-def print_profile_diff(models: dict, step) -> None:
+def print_profile_diff(steps: dict) -> None:
     self_ms: dict[str, dict[str, float]] = {}
-    for name, (model, opt) in models.items():
+    for name, step in steps.items():
         totals: dict[str, float] = {}
+        for _ in range(3):  # after the other model's steps: settle this one's allocations
+            step()
         for _ in range(3):
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                step(model, opt)
+                step()
             for e in prof.key_averages():
                 totals[e.key] = totals.get(e.key, 0.0) + e.self_cpu_time_total / 3e3
         self_ms[name] = totals
